@@ -1,0 +1,297 @@
+//! The contract between the webhook and the elector sidecar.
+//!
+//! Everything the webhook writes into a pod and the elector reads back — annotation keys, env
+//! names, flag names, the HTTP port, endpoint paths and default timings — is defined here once,
+//! so the two binaries cannot drift apart.
+
+use std::time::Duration;
+
+/// Prefix shared by every annotation this project reads or writes.
+pub const ANNOTATION_PREFIX: &str = "leader-election/";
+
+/// Annotation keys, on a pod (usually via its template) or on a Deployment/StatefulSet.
+pub mod annotations {
+    /// `"true"` injects the elector; `"false"` or absent leaves the pod alone.
+    pub const ENABLED: &str = "leader-election/enabled";
+    /// Name of the Lease; defaults to the owning workload's name.
+    pub const LEASE_NAME: &str = "leader-election/lease-name";
+    /// Lease duration, e.g. `15s`.
+    pub const LEASE_DURATION: &str = "leader-election/lease-duration";
+    /// Renew deadline, e.g. `10s`.
+    pub const RENEW_DEADLINE: &str = "leader-election/renew-deadline";
+    /// Retry period, e.g. `2s`.
+    pub const RETRY_PERIOD: &str = "leader-election/retry-period";
+    /// Port of the elector's HTTP API inside the pod.
+    pub const PORT: &str = "leader-election/port";
+    /// `"true"` makes the elector keep [`super::labels::ROLE`] on its own pod.
+    pub const LEADER_LABEL: &str = "leader-election/leader-label";
+    /// `auto`, `always` or `never`: inject as a native sidecar (init container with
+    /// `restartPolicy: Always`).
+    pub const NATIVE_SIDECAR: &str = "leader-election/native-sidecar";
+    /// Written by the webhook once a pod is injected; makes injection idempotent.
+    pub const STATUS: &str = "leader-election/status";
+    /// Written by the webhook on a workload's pod template: the comma-separated annotation keys
+    /// it copied from the workload's metadata, so removing them removes only what it propagated.
+    pub const PROPAGATED: &str = "leader-election/propagated";
+
+    /// Value of [`STATUS`] on an injected pod.
+    pub const STATUS_INJECTED: &str = "injected";
+
+    /// Every key a user may set, with the form its value must take (used in error messages).
+    pub const USER_KEYS: &[(&str, &str)] = &[
+        (ENABLED, "\"true\" or \"false\""),
+        (LEASE_NAME, "a DNS subdomain name (lowercase letters, digits, '-' and '.')"),
+        (LEASE_DURATION, "a duration such as \"15s\" or \"1m\""),
+        (RENEW_DEADLINE, "a duration such as \"10s\""),
+        (RETRY_PERIOD, "a duration such as \"2s\""),
+        (PORT, "a port number between 1024 and 65535"),
+        (LEADER_LABEL, "\"true\" or \"false\""),
+        (NATIVE_SIDECAR, "\"auto\", \"always\" or \"never\""),
+    ];
+}
+
+/// Labels the elector may maintain.
+pub mod labels {
+    /// `leader` or `follower` on the elector's own pod, when leader labelling is on.
+    pub const ROLE: &str = "leader-election/role";
+    pub const ROLE_LEADER: &str = "leader";
+    pub const ROLE_FOLLOWER: &str = "follower";
+}
+
+/// Environment variables: those the elector reads as flag fallbacks, and those the webhook gives
+/// the app containers.
+pub mod env {
+    /// Downward API: the pod's namespace (elector's default `--election-namespace`).
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// Downward API: the pod's name (elector's default `--id`).
+    pub const POD_NAME: &str = "POD_NAME";
+
+    // Elector flag fallbacks.
+    pub const ELECTION: &str = "ELECTOR_ELECTION";
+    pub const ELECTION_NAMESPACE: &str = "ELECTOR_ELECTION_NAMESPACE";
+    pub const ID: &str = "ELECTOR_ID";
+    pub const HTTP: &str = "ELECTOR_HTTP";
+    pub const TTL: &str = "ELECTOR_TTL";
+    pub const LEASE_DURATION: &str = "ELECTOR_LEASE_DURATION";
+    pub const RENEW_DEADLINE: &str = "ELECTOR_RENEW_DEADLINE";
+    pub const RETRY_PERIOD: &str = "ELECTOR_RETRY_PERIOD";
+    pub const RELEASE_ON_CANCEL: &str = "ELECTOR_RELEASE_ON_CANCEL";
+    pub const LEADER_LABEL: &str = "ELECTOR_LEADER_LABEL";
+    pub const LOG_FORMAT: &str = "ELECTOR_LOG_FORMAT";
+
+    /// Given to app containers: where the elector answers, e.g. `http://127.0.0.1:4040`.
+    pub const APP_URL: &str = "LEADER_ELECTION_URL";
+    /// Given to app containers: the Lease name.
+    pub const APP_LEASE_NAME: &str = "LEADER_ELECTION_LEASE_NAME";
+    /// Given to app containers: this pod's candidate identity (its pod name).
+    pub const APP_IDENTITY: &str = "LEADER_ELECTION_IDENTITY";
+}
+
+/// Elector command-line flags (long names, without `--`). The first four are compatible with
+/// `gcr.io/google_containers/leader-elector:0.4`.
+pub mod flags {
+    pub const ELECTION: &str = "election";
+    pub const ELECTION_NAMESPACE: &str = "election-namespace";
+    pub const ID: &str = "id";
+    pub const HTTP: &str = "http";
+    pub const TTL: &str = "ttl";
+    pub const LEASE_DURATION: &str = "lease-duration";
+    pub const RENEW_DEADLINE: &str = "renew-deadline";
+    pub const RETRY_PERIOD: &str = "retry-period";
+    pub const RELEASE_ON_CANCEL: &str = "release-on-cancel";
+    pub const LEADER_LABEL: &str = "leader-label";
+    pub const LOG_FORMAT: &str = "log-format";
+}
+
+/// The elector's HTTP API.
+pub mod http {
+    /// Default port; the classic sidecar used 4040 too.
+    pub const DEFAULT_PORT: u16 = 4040;
+    /// `GET /` → `{"name":"<leader>"}`, byte-compatible with leader-elector:0.4.
+    pub const LEADER_PATH: &str = "/";
+    pub const STATUS_PATH: &str = "/status";
+    /// Server-Sent Events: the status now and on every change.
+    pub const EVENTS_PATH: &str = "/events";
+    pub const HEALTHZ_PATH: &str = "/healthz";
+    pub const READYZ_PATH: &str = "/readyz";
+    pub const METRICS_PATH: &str = "/metrics";
+
+    /// URL an app container in the same pod uses to reach the elector.
+    pub fn local_url(port: u16) -> String {
+        format!("http://127.0.0.1:{port}")
+    }
+}
+
+/// Name of the injected container.
+pub const CONTAINER_NAME: &str = "leader-elector";
+/// ServiceAccount a pod on its namespace's `default` ServiceAccount is moved to.
+pub const SERVICE_ACCOUNT: &str = "leader-elector";
+/// ClusterRole shipped in `manifests/` that grants what the elector needs on leases.
+pub const CLUSTER_ROLE: &str = "leader-election:elector";
+/// RoleBinding the webhook creates in each namespace that gets an injected pod.
+pub const ROLE_BINDING: &str = "leader-election:elector";
+
+/// Names of the webhook's own objects, shared by the webhook's defaults, `manifests/` and the tests.
+pub mod deploy {
+    /// Namespace the webhook runs in.
+    pub const NAMESPACE: &str = "leader-election-system";
+    /// The webhook's Deployment, Service and ServiceAccount.
+    pub const WEBHOOK_NAME: &str = "leader-election-webhook";
+    /// Secret holding the self-provisioned CA and serving certificate (`ca.crt`, `tls.crt`,
+    /// `tls.key`).
+    pub const TLS_SECRET: &str = "leader-election-webhook-tls";
+    /// The MutatingWebhookConfiguration whose `caBundle` the webhook keeps in sync.
+    pub const WEBHOOK_CONFIGURATION: &str = "leader-election-webhook";
+    /// Webhook entry for pods.
+    pub const POD_WEBHOOK: &str = "pods.leader-election.dev";
+    /// Webhook entry for Deployments and StatefulSets.
+    pub const WORKLOAD_WEBHOOK: &str = "workloads.leader-election.dev";
+    /// Path the API server posts AdmissionReviews to.
+    pub const MUTATE_PATH: &str = "/mutate";
+    /// Port the webhook container listens on (the Service maps 443 to it).
+    pub const WEBHOOK_PORT: u16 = 8443;
+    /// Namespaces carrying this label with value [`OPT_OUT_VALUE`] are never sent to the webhook.
+    pub const OPT_OUT_LABEL: &str = "leader-election/injection";
+    pub const OPT_OUT_VALUE: &str = "disabled";
+    /// Namespaces never injected, whatever their labels.
+    pub const EXCLUDED_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+    /// Image the webhook injects unless told otherwise.
+    pub const DEFAULT_ELECTOR_IMAGE: &str =
+        concat!("ghcr.io/leader-election/elector:", env!("CARGO_PKG_VERSION"));
+    /// The webhook's own image.
+    pub const DEFAULT_WEBHOOK_IMAGE: &str =
+        concat!("ghcr.io/leader-election/webhook:", env!("CARGO_PKG_VERSION"));
+    /// Non-root UID both images run as.
+    pub const RUN_AS_USER: i64 = 65532;
+}
+
+/// Lease timings, as client-go's LeaderElectionConfig.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How long a lease is valid after its holder last renewed it.
+    pub lease_duration: Duration,
+    /// How long a leader keeps trying to renew before it steps down.
+    pub renew_deadline: Duration,
+    /// How often the leader renews, and how long candidates wait between tries.
+    pub retry_period: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a set of timings cannot work; the message names the flag (or annotation) to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimingsError(pub String);
+
+impl std::fmt::Display for TimingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimingsError {}
+
+impl Timings {
+    /// Derives renew deadline and retry period from a lease duration in the defaults' ratio
+    /// (15 s : 10 s : 2 s), as the classic sidecar's `--ttl` did with a single value.
+    pub fn from_ttl(ttl: Duration) -> Self {
+        Self {
+            lease_duration: ttl,
+            renew_deadline: ttl * 2 / 3,
+            retry_period: ttl * 2 / 15,
+        }
+    }
+
+    /// Checks the ordering client-go requires; `names` are the flag or annotation names used in
+    /// the message as (lease duration, renew deadline, retry period).
+    pub fn validate(&self, names: (&str, &str, &str)) -> Result<(), TimingsError> {
+        let (lease, renew, retry) = names;
+        let fmt = |d: Duration| format!("{:?}", d);
+        if self.lease_duration.as_secs() < 1 {
+            return Err(TimingsError(format!(
+                "{lease} is {}, but a Lease stores whole seconds: set {lease} to at least 1s",
+                fmt(self.lease_duration)
+            )));
+        }
+        if self.retry_period.is_zero() {
+            return Err(TimingsError(format!(
+                "{retry} must be greater than zero: set {retry} to e.g. 2s"
+            )));
+        }
+        if self.renew_deadline >= self.lease_duration {
+            return Err(TimingsError(format!(
+                "{renew} ({}) must be less than {lease} ({}): lower {renew} or raise {lease}",
+                fmt(self.renew_deadline),
+                fmt(self.lease_duration)
+            )));
+        }
+        if self.retry_period >= self.renew_deadline {
+            return Err(TimingsError(format!(
+                "{retry} ({}) must be less than {renew} ({}): lower {retry} or raise {renew}",
+                fmt(self.retry_period),
+                fmt(self.renew_deadline)
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: (&str, &str, &str) = ("--lease-duration", "--renew-deadline", "--retry-period");
+
+    #[test]
+    fn defaults_are_consistent_and_match_client_go() {
+        let t = Timings::default();
+        assert_eq!(t.lease_duration, Duration::from_secs(15));
+        assert_eq!(t.renew_deadline, Duration::from_secs(10));
+        assert_eq!(t.retry_period, Duration::from_secs(2));
+        t.validate(NAMES).unwrap();
+    }
+
+    #[test]
+    fn ttl_derives_default_ratio() {
+        assert_eq!(Timings::from_ttl(Duration::from_secs(15)), Timings::default());
+        Timings::from_ttl(Duration::from_secs(3))
+            .validate(NAMES)
+            .unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_flag_to_change() {
+        let t = Timings {
+            renew_deadline: Duration::from_secs(20),
+            ..Timings::default()
+        };
+        let e = t.validate(NAMES).unwrap_err().to_string();
+        assert!(e.contains("--renew-deadline") && e.contains("--lease-duration"), "{e}");
+
+        let t = Timings {
+            retry_period: Duration::from_secs(10),
+            ..Timings::default()
+        };
+        let e = t.validate(NAMES).unwrap_err().to_string();
+        assert!(e.starts_with("--retry-period"), "{e}");
+
+        let t = Timings {
+            lease_duration: Duration::from_millis(500),
+            renew_deadline: Duration::from_millis(300),
+            retry_period: Duration::from_millis(100),
+        };
+        assert!(t.validate(NAMES).unwrap_err().0.contains("whole seconds"));
+    }
+
+    #[test]
+    fn local_url_uses_loopback() {
+        assert_eq!(http::local_url(4040), "http://127.0.0.1:4040");
+    }
+}
