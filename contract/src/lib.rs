@@ -130,6 +130,12 @@ pub const SERVICE_ACCOUNT: &str = "leader-elector";
 pub const CLUSTER_ROLE: &str = "leader-election:elector";
 /// RoleBinding the webhook creates in each namespace that gets an injected pod.
 pub const ROLE_BINDING: &str = "leader-election:elector";
+/// ClusterRole shipped in `manifests/` with pods get/patch, needed only for the leader-label
+/// option ([`annotations::LEADER_LABEL`]); kept apart so only namespaces using it grant it.
+pub const CLUSTER_ROLE_LEADER_LABEL: &str = "leader-election:elector-leader-label";
+/// RoleBinding to [`CLUSTER_ROLE_LEADER_LABEL`] the webhook creates in a namespace that gets a pod
+/// with leader labelling on (same subjects as [`ROLE_BINDING`]).
+pub const ROLE_BINDING_LEADER_LABEL: &str = "leader-election:elector-leader-label";
 
 /// Names of the webhook's own objects, shared by the webhook's defaults, `manifests/` and the tests.
 pub mod deploy {

@@ -1,1 +1,258 @@
-pub fn main() {}
+//! Mutating admission webhook that injects the leader-election elector into annotated pods and
+//! propagates `leader-election/*` annotations from Deployments and StatefulSets to their pod
+//! templates.
+//!
+//! Pure logic lives in [`settings`] and [`patch`]; API calls go through [`cluster::Cluster`];
+//! [`admission`] answers one review; [`server`] serves the routes over TLS.
+
+pub mod admission;
+pub mod certs;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod fake;
+pub mod metrics;
+pub mod patch;
+pub mod provision;
+pub mod server;
+pub mod settings;
+pub mod tls;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use base64::Engine;
+use clap::Parser;
+
+use crate::admission::{AppState, InjectConfig};
+use crate::cluster::{Cluster, KubeCluster};
+use crate::config::{CertsArgs, Cli, Command, LogFormat, ServeArgs};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::provision::Provisioning;
+use crate::settings::NativeMode;
+use crate::tls::{CertResolver, FileSource};
+
+/// Entry point of the `webhook` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let logging = matches!(cli.command, Command::Serve(_));
+    let result = match cli.command {
+        Command::Certs(args) => certs_command(&args),
+        Command::Serve(args) => {
+            init_logging(args.log_format);
+            match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(serve(*args)),
+                Err(e) => Err(Error::Server(format!("cannot start the runtime: {e}"))),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if logging {
+                tracing::error!(error = %e, "webhook failed");
+            } else {
+                eprintln!("webhook: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn certs_command(args: &CertsArgs) -> Result<()> {
+    let sans = certs::service_sans(&args.service_name, &args.namespace, &args.extra_sans);
+    let validity = std::time::Duration::from_secs(u64::from(args.validity_days) * 86_400);
+    let bundle = certs::generate(&sans, validity)?;
+    let written = certs::write_files(&args.out_dir, &bundle, args.force)?;
+    for p in &written {
+        println!("wrote {}", p.display());
+    }
+    println!("SANs: {}", sans.join(", "));
+    println!("valid for {} days", args.validity_days);
+    println!(
+        "caBundle (base64 of ca.crt, for the MutatingWebhookConfiguration's clientConfig.caBundle):"
+    );
+    println!(
+        "{}",
+        base64::engine::general_purpose::STANDARD.encode(bundle.ca_pem.as_bytes())
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    // kube and the server must agree on one rustls crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.tls_cert_file.is_none() && !args.self_provision {
+        return Err(Error::Config(
+            "choose a certificate source: --tls-cert-file and --tls-key-file, or --self-provision"
+                .into(),
+        ));
+    }
+    let cluster = Arc::new(KubeCluster::infer().await?);
+    let metrics = Arc::new(Metrics::new());
+    let resolver = Arc::new(CertResolver::default());
+    let inject = InjectConfig {
+        image: args.elector_image.clone(),
+        image_pull_policy: args.elector_image_pull_policy.clone(),
+        native_mode: args.native_sidecar,
+    };
+    let state = Arc::new(AppState::new(
+        cluster.clone(),
+        inject,
+        metrics.clone(),
+        resolver.clone(),
+        args.rbac_cache_ttl,
+    ));
+    let mut tasks = Vec::new();
+
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        let mut source = FileSource::new(cert, key);
+        source.reload(&resolver)?;
+        metrics.cert_loaded();
+        tracing::info!(cert = %cert.display(), "serving certificate loaded from files");
+        tasks.push(tokio::spawn(source.watch(
+            resolver.clone(),
+            args.cert_reload_interval,
+            metrics.clone(),
+        )));
+    } else {
+        let p = Provisioning {
+            namespace: args.namespace.clone(),
+            secret: args.tls_secret.clone(),
+            webhook_configuration: args.webhook_configuration.clone(),
+            sans: certs::service_sans(&args.service_name, &args.namespace, &args.extra_sans),
+            validity: args.cert_validity,
+            renew_before: args.cert_renew_before,
+        };
+        let bundle = provision::reconcile_secret(cluster.as_ref(), &p).await?;
+        resolver.set(tls::certified_key(
+            bundle.cert_pem.as_bytes(),
+            bundle.key_pem.as_bytes(),
+        )?);
+        metrics.cert_loaded();
+        tracing::info!(secret = %p.secret, namespace = %p.namespace, "serving the self-provisioned certificate");
+        if let Err(e) = provision::sync_ca_bundle(
+            cluster.as_ref(),
+            &p.webhook_configuration,
+            bundle.ca_pem.as_bytes(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "caBundle not synced yet; retrying periodically");
+        }
+        tasks.push(tokio::spawn(resync(
+            cluster.clone(),
+            p,
+            bundle,
+            resolver.clone(),
+            metrics.clone(),
+            args.resync_interval,
+        )));
+    }
+
+    if args.native_sidecar == NativeMode::Auto {
+        if let Err(e) = state.native.refresh(cluster.as_ref()).await {
+            tracing::warn!(error = %e, "cannot tell whether native sidecars are supported; injecting regular containers until known");
+        }
+        let (native, cluster, every) = (
+            state.native.clone(),
+            cluster.clone(),
+            args.native_sidecar_refresh,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = native.refresh(cluster.as_ref()).await {
+                    tracing::warn!(error = %e, "native sidecar support not refreshed");
+                }
+            }
+        }));
+    }
+
+    let tls_config = Arc::new(tls::server_config(resolver.clone())?);
+    let listener = server::bind(args.listen).await?;
+    tracing::info!(listen = %args.listen, "webhook serving");
+    let router = server::router(state.clone(), args.max_body_bytes);
+    let draining = state.clone();
+    let delay = args.shutdown_delay;
+    let shutdown = async move {
+        server::termination_signal().await;
+        draining.draining.store(true, Ordering::Relaxed);
+        tracing::info!(?delay, "termination requested; draining");
+        tokio::time::sleep(delay).await;
+    };
+    let result = server::serve_tls(
+        listener,
+        router,
+        tls_config,
+        shutdown,
+        args.shutdown_timeout,
+    )
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    result
+}
+
+/// Periodically re-reads the Secret (another replica may have rotated it, or it nears expiry)
+/// and re-applies the caBundle (an operator may have re-applied the configuration without it).
+async fn resync<C: Cluster>(
+    cluster: Arc<C>,
+    p: Provisioning,
+    mut current: certs::CertBundle,
+    resolver: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match provision::reconcile_secret(cluster.as_ref(), &p).await {
+            Ok(bundle) if bundle != current => {
+                match tls::certified_key(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()) {
+                    Ok(ck) => {
+                        resolver.set(ck);
+                        metrics.cert_reloaded();
+                        tracing::info!("serving certificate replaced from the Secret");
+                        current = bundle;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the Secret's certificate cannot be loaded")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "certificate Secret not reconciled"),
+        }
+        if let Err(e) = provision::sync_ca_bundle(
+            cluster.as_ref(),
+            &p.webhook_configuration,
+            current.ca_pem.as_bytes(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "caBundle not synced");
+        }
+    }
+}

@@ -1,1 +1,3 @@
-fn main() { webhook::main() }
+fn main() -> std::process::ExitCode {
+    webhook::main()
+}

@@ -1,0 +1,227 @@
+//! Command line (every flag also reads a `WEBHOOK_*` environment variable).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::settings::NativeMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "webhook",
+    version,
+    about = "Mutating admission webhook that injects the leader-election elector into annotated pods"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the admission webhook over TLS.
+    Serve(Box<ServeArgs>),
+    /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key) for the webhook's Service.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 5s, 10m, 365d)"))
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve HTTPS on.
+    #[arg(long, env = "WEBHOOK_LISTEN",
+          default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, contract::deploy::WEBHOOK_PORT)))]
+    pub listen: SocketAddr,
+
+    /// Serving certificate (PEM); reloaded when it changes.
+    #[arg(
+        long,
+        env = "WEBHOOK_TLS_CERT_FILE",
+        requires = "tls_key_file",
+        conflicts_with = "self_provision"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert-file.
+    #[arg(long, env = "WEBHOOK_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub cert_reload_interval: Duration,
+
+    /// Generate a CA and serving certificate, share them through --tls-secret and keep the
+    /// caBundle of --webhook-configuration in sync.
+    #[arg(long, env = "WEBHOOK_SELF_PROVISION")]
+    pub self_provision: bool,
+
+    /// Namespace of the webhook (its Secret and Service).
+    #[arg(long, env = contract::env::POD_NAMESPACE, default_value = contract::deploy::NAMESPACE)]
+    pub namespace: String,
+
+    /// The webhook's Service name (certificate SANs).
+    #[arg(long, env = "WEBHOOK_SERVICE_NAME", default_value = contract::deploy::WEBHOOK_NAME)]
+    pub service_name: String,
+
+    /// Extra SAN (DNS name or IP address) for a self-provisioned certificate; repeatable.
+    #[arg(long = "extra-san", env = "WEBHOOK_EXTRA_SANS", value_delimiter = ',')]
+    pub extra_sans: Vec<String>,
+
+    /// Secret holding the self-provisioned CA and certificate.
+    #[arg(long, env = "WEBHOOK_TLS_SECRET", default_value = contract::deploy::TLS_SECRET)]
+    pub tls_secret: String,
+
+    /// MutatingWebhookConfiguration whose caBundle is kept in sync.
+    #[arg(long, env = "WEBHOOK_CONFIGURATION", default_value = contract::deploy::WEBHOOK_CONFIGURATION)]
+    pub webhook_configuration: String,
+
+    /// Lifetime of a self-provisioned certificate.
+    #[arg(long, env = "WEBHOOK_CERT_VALIDITY", default_value = "365d", value_parser = duration)]
+    pub cert_validity: Duration,
+
+    /// Regenerate a self-provisioned certificate when less than this is left.
+    #[arg(long, env = "WEBHOOK_CERT_RENEW_BEFORE", default_value = "30d", value_parser = duration)]
+    pub cert_renew_before: Duration,
+
+    /// How often the Secret and the caBundle are checked again (an operator may re-apply the
+    /// configuration without caBundle; another replica may rotate the certificate).
+    #[arg(long, env = "WEBHOOK_RESYNC_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub resync_interval: Duration,
+
+    /// Image of the injected elector.
+    #[arg(long, env = "WEBHOOK_ELECTOR_IMAGE", default_value = contract::deploy::DEFAULT_ELECTOR_IMAGE)]
+    pub elector_image: String,
+
+    /// imagePullPolicy of the injected elector.
+    #[arg(long, env = "WEBHOOK_ELECTOR_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub elector_image_pull_policy: String,
+
+    /// Inject as a native sidecar (init container with restartPolicy Always): auto = only
+    /// where the API server and every kubelet are at least 1.29.
+    #[arg(long, env = "WEBHOOK_NATIVE_SIDECAR", value_enum, default_value_t = NativeMode::Auto)]
+    pub native_sidecar: NativeMode,
+
+    /// How often `auto` re-checks the API server and kubelet versions.
+    #[arg(long, env = "WEBHOOK_NATIVE_SIDECAR_REFRESH", default_value = "60s", value_parser = duration)]
+    pub native_sidecar_refresh: Duration,
+
+    /// How long an ensured ServiceAccount/RoleBinding is trusted before it is checked again.
+    #[arg(long, env = "WEBHOOK_RBAC_CACHE_TTL", default_value = "10m", value_parser = duration)]
+    pub rbac_cache_ttl: Duration,
+
+    /// Largest AdmissionReview accepted; larger bodies get 413.
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// After SIGTERM, keep serving (with /readyz failing) this long so endpoints drop the pod
+    /// before the listener closes; replaces a preStop sleep in a shell-less image.
+    #[arg(long, env = "WEBHOOK_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+
+    /// How long in-flight requests may take to finish once the listener is closed.
+    #[arg(long, env = "WEBHOOK_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+
+    #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+
+    #[arg(long, env = "WEBHOOK_SERVICE_NAME", default_value = contract::deploy::WEBHOOK_NAME)]
+    pub service_name: String,
+
+    #[arg(long, env = contract::env::POD_NAMESPACE, default_value = contract::deploy::NAMESPACE)]
+    pub namespace: String,
+
+    /// Extra SAN (DNS name or IP address); repeatable.
+    #[arg(long = "extra-san", value_delimiter = ',')]
+    pub extra_sans: Vec<String>,
+
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub validity_days: u32,
+
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("webhook").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn serve_defaults_and_flags() {
+        let Command::Serve(s) = parse(&["serve", "--self-provision"]).unwrap().command else {
+            panic!("not serve");
+        };
+        assert_eq!(s.listen.port(), contract::deploy::WEBHOOK_PORT);
+        assert_eq!(s.native_sidecar, NativeMode::Auto);
+        assert_eq!(s.elector_image_pull_policy, "IfNotPresent");
+        assert_eq!(s.max_body_bytes, 3 * 1024 * 1024);
+
+        let Command::Serve(s) = parse(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:9443",
+            "--self-provision",
+            "--namespace",
+            "ns",
+            "--extra-san",
+            "127.0.0.1",
+            "--extra-san",
+            "a.example",
+            "--webhook-configuration",
+            "w",
+            "--native-sidecar",
+            "never",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(s.extra_sans, ["127.0.0.1", "a.example"]);
+        assert_eq!(s.namespace, "ns");
+        assert_eq!(s.native_sidecar, NativeMode::Never);
+    }
+
+    #[test]
+    fn bad_combinations_are_refused() {
+        assert!(parse(&["serve", "--tls-cert-file", "c"]).is_err());
+        assert!(
+            parse(&[
+                "serve",
+                "--tls-cert-file",
+                "c",
+                "--tls-key-file",
+                "k",
+                "--self-provision"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["serve", "--elector-image-pull-policy", "Sometimes"]).is_err());
+        assert!(parse(&["certs"]).is_err());
+        assert!(parse(&["certs", "--out-dir", "d", "--validity-days", "0"]).is_err());
+    }
+}

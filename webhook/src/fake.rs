@@ -1,0 +1,210 @@
+//! An in-memory [`Cluster`] that records every call, for tests (here and in other crates' tests).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{RoleBinding, Subject};
+
+use crate::cluster::{Cluster, WebhookEntry};
+use crate::error::ApiError;
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// (namespace, name)
+    pub service_accounts: Vec<(String, String)>,
+    /// (namespace, name) → binding
+    pub role_bindings: BTreeMap<(String, String), RoleBinding>,
+    pub secrets: BTreeMap<(String, String), Secret>,
+    /// configuration name → entries
+    pub webhooks: BTreeMap<String, Vec<WebhookEntry>>,
+    pub server_version: String,
+    pub kubelets: Vec<String>,
+    /// Every call, e.g. `create_service_account ns/leader-elector`.
+    pub calls: Vec<String>,
+    /// Calls (by method name) that fail once with the given error before behaving normally.
+    pub fail_once: BTreeMap<String, ApiError>,
+    next_rv: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeCluster {
+    pub state: Mutex<FakeState>,
+}
+
+impl FakeCluster {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.with(|s| s.calls.clone())
+    }
+
+    pub fn clear_calls(&self) {
+        self.with(|s| s.calls.clear());
+    }
+
+    fn call(&self, method: &str, what: String) -> ApiResult<()> {
+        self.with(|s| {
+            s.calls.push(format!("{method} {what}"));
+            match s.fail_once.remove(method) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+impl FakeState {
+    fn rv(&mut self) -> String {
+        self.next_rv += 1;
+        self.next_rv.to_string()
+    }
+}
+
+impl Cluster for FakeCluster {
+    async fn service_account_exists(&self, ns: &str, name: &str) -> ApiResult<bool> {
+        self.call("service_account_exists", format!("{ns}/{name}"))?;
+        Ok(self.with(|s| {
+            s.service_accounts
+                .contains(&(ns.to_string(), name.to_string()))
+        }))
+    }
+
+    async fn create_service_account(&self, ns: &str, name: &str) -> ApiResult<()> {
+        self.call("create_service_account", format!("{ns}/{name}"))?;
+        self.with(|s| {
+            let key = (ns.to_string(), name.to_string());
+            if s.service_accounts.contains(&key) {
+                return Err(ApiError::AlreadyExists);
+            }
+            s.service_accounts.push(key);
+            Ok(())
+        })
+    }
+
+    async fn get_role_binding(&self, ns: &str, name: &str) -> ApiResult<Option<RoleBinding>> {
+        self.call("get_role_binding", format!("{ns}/{name}"))?;
+        Ok(self.with(|s| {
+            s.role_bindings
+                .get(&(ns.to_string(), name.to_string()))
+                .cloned()
+        }))
+    }
+
+    async fn create_role_binding(&self, ns: &str, mut rb: RoleBinding) -> ApiResult<()> {
+        let name = rb.metadata.name.clone().unwrap_or_default();
+        self.call("create_role_binding", format!("{ns}/{name}"))?;
+        self.with(|s| {
+            let key = (ns.to_string(), name);
+            if s.role_bindings.contains_key(&key) {
+                return Err(ApiError::AlreadyExists);
+            }
+            rb.metadata.resource_version = Some(s.rv());
+            s.role_bindings.insert(key, rb);
+            Ok(())
+        })
+    }
+
+    async fn set_role_binding_subjects(
+        &self,
+        ns: &str,
+        name: &str,
+        resource_version: &str,
+        subjects: Vec<Subject>,
+    ) -> ApiResult<()> {
+        self.call("set_role_binding_subjects", format!("{ns}/{name}"))?;
+        self.with(|s| {
+            let rv = s.rv();
+            let rb = s
+                .role_bindings
+                .get_mut(&(ns.to_string(), name.to_string()))
+                .ok_or(ApiError::NotFound)?;
+            if rb.metadata.resource_version.as_deref() != Some(resource_version) {
+                return Err(ApiError::Conflict);
+            }
+            rb.subjects = Some(subjects);
+            rb.metadata.resource_version = Some(rv);
+            Ok(())
+        })
+    }
+
+    async fn server_version(&self) -> ApiResult<String> {
+        self.call("server_version", String::new())?;
+        Ok(self.with(|s| s.server_version.clone()))
+    }
+
+    async fn kubelet_versions(&self) -> ApiResult<Vec<String>> {
+        self.call("kubelet_versions", String::new())?;
+        Ok(self.with(|s| s.kubelets.clone()))
+    }
+
+    async fn get_secret(&self, ns: &str, name: &str) -> ApiResult<Option<Secret>> {
+        self.call("get_secret", format!("{ns}/{name}"))?;
+        Ok(self.with(|s| s.secrets.get(&(ns.to_string(), name.to_string())).cloned()))
+    }
+
+    async fn create_secret(&self, ns: &str, mut secret: Secret) -> ApiResult<()> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        self.call("create_secret", format!("{ns}/{name}"))?;
+        self.with(|s| {
+            let key = (ns.to_string(), name);
+            if s.secrets.contains_key(&key) {
+                return Err(ApiError::AlreadyExists);
+            }
+            secret.metadata.resource_version = Some(s.rv());
+            s.secrets.insert(key, secret);
+            Ok(())
+        })
+    }
+
+    async fn replace_secret(&self, ns: &str, mut secret: Secret) -> ApiResult<()> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        self.call("replace_secret", format!("{ns}/{name}"))?;
+        self.with(|s| {
+            let rv = s.rv();
+            let key = (ns.to_string(), name);
+            let current = s.secrets.get(&key).ok_or(ApiError::NotFound)?;
+            if current.metadata.resource_version != secret.metadata.resource_version {
+                return Err(ApiError::Conflict);
+            }
+            secret.metadata.resource_version = Some(rv);
+            s.secrets.insert(key, secret);
+            Ok(())
+        })
+    }
+
+    async fn get_webhooks(&self, configuration: &str) -> ApiResult<Option<Vec<WebhookEntry>>> {
+        self.call("get_webhooks", configuration.to_string())?;
+        Ok(self.with(|s| s.webhooks.get(configuration).cloned()))
+    }
+
+    async fn set_ca_bundles(
+        &self,
+        configuration: &str,
+        entries: &[(usize, String)],
+        ca: &[u8],
+    ) -> ApiResult<()> {
+        self.call("set_ca_bundles", configuration.to_string())?;
+        self.with(|s| {
+            let list = s
+                .webhooks
+                .get_mut(configuration)
+                .ok_or(ApiError::NotFound)?;
+            for (i, name) in entries {
+                match list.get_mut(*i) {
+                    Some(e) if e.name == *name => e.ca_bundle = Some(ca.to_vec()),
+                    _ => return Err(ApiError::Other(format!("test failed at /webhooks/{i}"))),
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,573 @@
+//! Pure JSON Patch builders: pods (inject the elector) and workloads (propagate annotations into
+//! the pod template). No I/O: the admission handler resolves cluster facts into [`PodContext`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use contract::annotations as ann;
+use json_patch::jsonptr::{PointerBuf, Token};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{Value, json};
+
+use crate::settings::{self, Denial, NativeMode, PodSettings, format_duration};
+
+/// Projected volume giving the elector its own API credentials (see [`elector_volume`]).
+pub const API_ACCESS_VOLUME: &str = "leader-elector-api-access";
+/// Where client libraries (and the elector) look for in-cluster credentials.
+pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+const PORT_NAME: &str = "elector-http";
+
+/// Facts the handler resolved before building the patch.
+#[derive(Debug, Clone, Copy)]
+pub struct PodContext<'a> {
+    /// Namespace of the request (a pod being created may not carry it in its metadata).
+    pub namespace: &'a str,
+    pub image: &'a str,
+    pub image_pull_policy: &'a str,
+    /// The webhook's `--native-sidecar` mode; a pod annotation overrides it.
+    pub native_mode: NativeMode,
+    /// Cached cluster capability used by [`NativeMode::Auto`].
+    pub native_supported: bool,
+}
+
+/// Why a pod is admitted unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    NotEnabled,
+    ExcludedNamespace,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotEnabled => "not enabled",
+            Self::ExcludedNamespace => "excluded namespace",
+        }
+    }
+}
+
+/// What injecting a pod involves, decided from the pod alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub settings: PodSettings,
+    pub lease: String,
+    /// The ServiceAccount the pod runs as once admitted; the elector's RoleBinding must name it.
+    pub service_account: String,
+    /// The pod is on its namespace's `default` ServiceAccount and is moved to ours.
+    pub switch_service_account: bool,
+    /// The elector is already there (reinvocation or re-admission): only env vars may be added.
+    pub already_injected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    Skip(SkipReason),
+    Inject(Box<Plan>),
+}
+
+/// The outcome of [`mutate_pod`], for the response and the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodMutation {
+    pub patch: Option<Patch>,
+    pub plan: Option<Plan>,
+    pub skipped: Option<SkipReason>,
+}
+
+fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
+    let spec = pod.spec.as_ref();
+    spec.into_iter().flat_map(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+    })
+}
+
+fn elector_container(pod: &Pod) -> Option<&Container> {
+    all_containers(pod).find(|c| c.name == contract::CONTAINER_NAME)
+}
+
+/// Whether the elector was injected already (status annotation or container present).
+pub fn is_injected(pod: &Pod) -> bool {
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ann::STATUS))
+        .is_some_and(|v| v == ann::STATUS_INJECTED);
+    annotated || elector_container(pod).is_some()
+}
+
+/// Lease name: annotation, else the owning workload, else the app labels. Never the pod's name
+/// (each replica would elect itself).
+pub fn resolve_lease(meta: &ObjectMeta, settings: &PodSettings) -> Result<String, Denial> {
+    if let Some(name) = &settings.lease_name {
+        return Ok(name.clone());
+    }
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    let owner = owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first());
+    if let Some(o) = owner {
+        let name = if o.kind == "ReplicaSet" {
+            // Deployment pods: strip the hash so the Lease survives rollouts.
+            let hash = meta.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH));
+            match hash {
+                Some(h) if !h.is_empty() => o
+                    .name
+                    .strip_suffix(h.as_str())
+                    .and_then(|n| n.strip_suffix('-'))
+                    .unwrap_or(&o.name),
+                _ => &o.name,
+            }
+        } else {
+            &o.name
+        };
+        if settings::is_dns_subdomain(name) {
+            return Ok(name.to_string());
+        }
+    }
+    let labels = meta.labels.as_ref();
+    for key in ["app.kubernetes.io/name", "app"] {
+        if let Some(v) = labels.and_then(|l| l.get(key))
+            && settings::is_dns_subdomain(v)
+        {
+            return Ok(v.clone());
+        }
+    }
+    Err(Denial(format!(
+        "cannot choose a Lease name for this pod: it has no owning workload and no \
+         app.kubernetes.io/name or app label; set the annotation {}=<name> on the pod template",
+        ann::LEASE_NAME
+    )))
+}
+
+/// The Lease an injected elector already uses (its `--election=` argument).
+fn injected_lease(pod: &Pod) -> Option<String> {
+    let prefix = format!("--{}=", contract::flags::ELECTION);
+    elector_container(pod)?
+        .args
+        .iter()
+        .flatten()
+        .find_map(|a| a.strip_prefix(&prefix).map(str::to_string))
+}
+
+/// Decides, from the pod alone, whether and how it is injected.
+pub fn inspect_pod(pod: &Pod, namespace: &str) -> Result<Inspection, Denial> {
+    if contract::deploy::EXCLUDED_NAMESPACES.contains(&namespace) {
+        return Ok(Inspection::Skip(SkipReason::ExcludedNamespace));
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    if !settings::enabled(annotations)? {
+        return Ok(Inspection::Skip(SkipReason::NotEnabled));
+    }
+    let settings = settings::parse_settings(annotations)?;
+    let Some(spec) = pod.spec.as_ref() else {
+        return Err(Denial("the pod has no spec".into()));
+    };
+    let already_injected = is_injected(pod);
+    let lease = match injected_lease(pod) {
+        Some(l) if already_injected => l,
+        _ => resolve_lease(&pod.metadata, &settings)?,
+    };
+    if !already_injected {
+        let clash = all_containers(pod).find(|c| {
+            c.ports
+                .iter()
+                .flatten()
+                .any(|p| p.container_port == i32::from(settings.port))
+        });
+        if let Some(c) = clash {
+            return Err(Denial(format!(
+                "container {:?} already uses port {}, which the elector needs: set the \
+                 annotation {} to a free port (1024-65535)",
+                c.name,
+                settings.port,
+                ann::PORT
+            )));
+        }
+    }
+    let current = spec
+        .service_account_name
+        .as_deref()
+        .or(spec.service_account.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+    let switch = !already_injected && current == DEFAULT_SERVICE_ACCOUNT;
+    let service_account = if switch {
+        contract::SERVICE_ACCOUNT.to_string()
+    } else {
+        current.to_string()
+    };
+    Ok(Inspection::Inject(Box::new(Plan {
+        settings,
+        lease,
+        service_account,
+        switch_service_account: switch,
+        already_injected,
+    })))
+}
+
+fn ptr<'t>(tokens: impl IntoIterator<Item: Into<Token<'t>>>) -> PointerBuf {
+    PointerBuf::from_tokens(tokens)
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+fn field_env(name: &str, field_path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}})
+}
+
+/// Env vars every app container gets unless it sets them itself.
+fn app_env(plan: &Plan) -> [Value; 3] {
+    use contract::env;
+    [
+        json!({"name": env::APP_URL, "value": contract::http::local_url(plan.settings.port)}),
+        json!({"name": env::APP_LEASE_NAME, "value": plan.lease}),
+        field_env(env::APP_IDENTITY, "metadata.name"),
+    ]
+}
+
+/// The elector's own credentials, shaped like the API server's `kube-api-access-*` volume. The
+/// ServiceAccount admission plugin runs before webhooks, so an injected container never gets a
+/// token mount of its own; kubelet mints this token for the pod's final ServiceAccount.
+pub fn elector_volume() -> Value {
+    json!({
+        "name": API_ACCESS_VOLUME,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+            ]
+        }
+    })
+}
+
+/// The elector container.
+pub fn elector(plan: &Plan, ctx: &PodContext<'_>, native: bool) -> Value {
+    use contract::{env, flags, http};
+    let s = &plan.settings;
+    let mut args = vec![
+        format!("--{}={}", flags::ELECTION, plan.lease),
+        format!("--{}=0.0.0.0:{}", flags::HTTP, s.port),
+        format!(
+            "--{}={}",
+            flags::LEASE_DURATION,
+            format_duration(s.timings.lease_duration)
+        ),
+        format!(
+            "--{}={}",
+            flags::RENEW_DEADLINE,
+            format_duration(s.timings.renew_deadline)
+        ),
+        format!(
+            "--{}={}",
+            flags::RETRY_PERIOD,
+            format_duration(s.timings.retry_period)
+        ),
+    ];
+    if s.leader_label {
+        args.push(format!("--{}", flags::LEADER_LABEL));
+    }
+    let probe = |path: &str, period: u32| {
+        json!({"httpGet": {"path": path, "port": s.port, "scheme": "HTTP"},
+               "periodSeconds": period, "timeoutSeconds": 1, "failureThreshold": 3})
+    };
+    let mut c = json!({
+        "name": contract::CONTAINER_NAME,
+        "image": ctx.image,
+        "imagePullPolicy": ctx.image_pull_policy,
+        "args": args,
+        "env": [field_env(env::POD_NAME, "metadata.name"), field_env(env::POD_NAMESPACE, "metadata.namespace")],
+        "ports": [{"name": PORT_NAME, "containerPort": s.port, "protocol": "TCP"}],
+        "livenessProbe": probe(http::HEALTHZ_PATH, 10),
+        "readinessProbe": probe(http::READYZ_PATH, 5),
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": contract::deploy::RUN_AS_USER,
+            "runAsGroup": contract::deploy::RUN_AS_USER,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}
+        },
+        "volumeMounts": [{"name": API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_MOUNT, "readOnly": true}],
+        "terminationMessagePolicy": "FallbackToLogsOnError"
+    });
+    if native && let Some(obj) = c.as_object_mut() {
+        obj.insert("restartPolicy".into(), json!("Always"));
+    }
+    c
+}
+
+/// Whether the elector goes in as a native sidecar.
+pub fn use_native(settings: &PodSettings, ctx: &PodContext<'_>) -> bool {
+    match settings.native.unwrap_or(ctx.native_mode) {
+        NativeMode::Always => true,
+        NativeMode::Never => false,
+        NativeMode::Auto => ctx.native_supported,
+    }
+}
+
+/// Appends `value` to the array at `base/field`, creating the array when it is absent.
+fn append(ops: &mut Vec<PatchOperation>, base: &[&str], field: &str, present: bool, value: Value) {
+    let mut path = ptr(base.iter().copied());
+    path.push_back(field);
+    if present {
+        path.push_back("-");
+        ops.push(add(path, value));
+    } else {
+        ops.push(add(path, Value::Array(vec![value])));
+    }
+}
+
+/// Builds the patch for a planned pod; `None` when nothing is missing.
+pub fn build_patch(pod: &Pod, plan: &Plan, ctx: &PodContext<'_>) -> Option<Patch> {
+    let mut ops = Vec::new();
+    let spec = pod.spec.as_ref()?;
+    let annotations = pod.metadata.annotations.as_ref();
+    match annotations.map(|a| a.get(ann::STATUS)) {
+        None => ops.push(add(
+            ptr(["metadata", "annotations"]),
+            json!({ann::STATUS: ann::STATUS_INJECTED}),
+        )),
+        Some(v) if v.map(String::as_str) != Some(ann::STATUS_INJECTED) => ops.push(add(
+            ptr(["metadata", "annotations", ann::STATUS]),
+            json!(ann::STATUS_INJECTED),
+        )),
+        Some(_) => {}
+    }
+    if !plan.already_injected {
+        if plan.switch_service_account {
+            ops.push(add(
+                ptr(["spec", "serviceAccountName"]),
+                json!(plan.service_account),
+            ));
+            // The deprecated alias must not contradict the real field.
+            if spec.service_account.is_some() {
+                ops.push(add(
+                    ptr(["spec", "serviceAccount"]),
+                    json!(plan.service_account),
+                ));
+            }
+        }
+        let volumes = spec.volumes.as_ref();
+        if !volumes.is_some_and(|v| v.iter().any(|v| v.name == API_ACCESS_VOLUME)) {
+            append(
+                &mut ops,
+                &["spec"],
+                "volumes",
+                volumes.is_some(),
+                elector_volume(),
+            );
+        }
+        let native = use_native(&plan.settings, ctx);
+        let (field, present) = if native {
+            ("initContainers", spec.init_containers.is_some())
+        } else {
+            ("containers", true)
+        };
+        append(
+            &mut ops,
+            &["spec"],
+            field,
+            present,
+            elector(plan, ctx, native),
+        );
+    }
+    let wanted = app_env(plan);
+    for (i, c) in spec.containers.iter().enumerate() {
+        if c.name == contract::CONTAINER_NAME {
+            continue;
+        }
+        let have = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
+        let missing: Vec<Value> = wanted
+            .iter()
+            .filter(|v| !have(v["name"].as_str().unwrap_or_default()))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let idx = i.to_string();
+        let base = ["spec", "containers", idx.as_str()];
+        if c.env.is_some() {
+            for v in missing {
+                append(&mut ops, &base, "env", true, v);
+            }
+        } else {
+            ops.push(add(
+                ptr(base.iter().copied().chain(["env"])),
+                Value::Array(missing),
+            ));
+        }
+    }
+    (!ops.is_empty()).then_some(Patch(ops))
+}
+
+/// Inspects and, when the pod opted in, builds its patch.
+pub fn mutate_pod(pod: &Pod, ctx: &PodContext<'_>) -> Result<PodMutation, Denial> {
+    match inspect_pod(pod, ctx.namespace)? {
+        Inspection::Skip(reason) => Ok(PodMutation {
+            patch: None,
+            plan: None,
+            skipped: Some(reason),
+        }),
+        Inspection::Inject(plan) => Ok(PodMutation {
+            patch: build_patch(pod, &plan, ctx),
+            plan: Some(*plan),
+            skipped: None,
+        }),
+    }
+}
+
+/// The outcome of [`mutate_workload`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkloadMutation {
+    pub patch: Option<Patch>,
+    /// Keys set in the pod template by this patch.
+    pub set: Vec<String>,
+    /// Keys removed from the pod template by this patch.
+    pub removed: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Copies `leader-election/*` annotations of a Deployment or StatefulSet into its pod template
+/// and removes those it propagated earlier that are gone from the workload. No change, no patch:
+/// a needless template change would start a rollout.
+pub fn mutate_workload(obj: &Value) -> Result<WorkloadMutation, Denial> {
+    let mut out = WorkloadMutation::default();
+    if obj.pointer("/metadata/deletionTimestamp").is_some()
+        || obj.pointer("/spec/template").is_none()
+    {
+        return Ok(out);
+    }
+    let own = string_map(obj.pointer("/metadata/annotations"));
+    let tmpl_meta = obj.pointer("/spec/template/metadata");
+    let tmpl_ann_value = tmpl_meta.and_then(|m| m.get("annotations"));
+    let old = string_map(tmpl_ann_value);
+    let previously: BTreeSet<&str> = old
+        .get(ann::PROPAGATED)
+        .map(|v| v.split(',').filter(|k| !k.is_empty()).collect())
+        .unwrap_or_default();
+
+    let mut copied = BTreeMap::new();
+    for (k, v) in &own {
+        if !k.starts_with(contract::ANNOTATION_PREFIX) || k == ann::STATUS || k == ann::PROPAGATED {
+            continue;
+        }
+        if settings::is_user_key(k) {
+            copied.insert(k.as_str(), v.as_str());
+        } else {
+            out.warnings.push(format!(
+                "annotation {k} is not a leader-election setting and was not copied to the pod \
+                 template; known keys: {}",
+                ann::USER_KEYS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if copied.is_empty() && previously.is_empty() {
+        return Ok(out);
+    }
+
+    let mut new = old.clone();
+    let mut propagated = BTreeSet::new();
+    for (k, v) in &copied {
+        // A key the user set on the template with the same value stays theirs.
+        if old.get(*k).map(String::as_str) != Some(*v) || previously.contains(k) {
+            new.insert(k.to_string(), v.to_string());
+            propagated.insert(*k);
+        }
+    }
+    for k in &previously {
+        if !copied.contains_key(k) {
+            new.remove(*k);
+        }
+    }
+    if propagated.is_empty() {
+        new.remove(ann::PROPAGATED);
+    } else {
+        let list: Vec<&str> = propagated.into_iter().collect();
+        new.insert(ann::PROPAGATED.to_string(), list.join(","));
+    }
+
+    // Refuse values the pods would be refused for, while the user is still at the keyboard.
+    let check = || -> Result<(), Denial> {
+        if settings::enabled(Some(&new))? {
+            settings::parse_settings(Some(&new))?;
+        }
+        Ok(())
+    };
+    check().map_err(|d| Denial(format!("the pod template would be refused: {d}")))?;
+
+    let mut ops = Vec::new();
+    match tmpl_ann_value.and_then(Value::as_object) {
+        None if new.is_empty() => {}
+        None => {
+            let value = json!(new);
+            if tmpl_meta.is_some_and(Value::is_object) {
+                ops.push(add(
+                    ptr(["spec", "template", "metadata", "annotations"]),
+                    value,
+                ));
+            } else {
+                ops.push(add(
+                    ptr(["spec", "template", "metadata"]),
+                    json!({"annotations": value}),
+                ));
+            }
+        }
+        Some(_) => {
+            let base = ["spec", "template", "metadata", "annotations"];
+            for (k, v) in &new {
+                if old.get(k) != Some(v) {
+                    ops.push(add(ptr(base.into_iter().chain([k.as_str()])), json!(v)));
+                    if k != ann::PROPAGATED {
+                        out.set.push(k.clone());
+                    }
+                }
+            }
+            for k in old.keys() {
+                if !new.contains_key(k) {
+                    ops.push(PatchOperation::Remove(RemoveOperation {
+                        path: ptr(base.into_iter().chain([k.as_str()])),
+                    }));
+                    if k != ann::PROPAGATED {
+                        out.removed.push(k.clone());
+                    }
+                }
+            }
+        }
+    }
+    if tmpl_ann_value.and_then(Value::as_object).is_none() {
+        out.set = new
+            .keys()
+            .filter(|k| *k != ann::PROPAGATED)
+            .cloned()
+            .collect();
+    }
+    out.patch = (!ops.is_empty()).then_some(Patch(ops));
+    Ok(out)
+}

@@ -1,0 +1,761 @@
+//! Table tests of the pure patch builders: every patch is APPLIED to its input and the result is
+//! checked, then the builder is run again on its own output (it must add nothing).
+
+use contract::annotations as ann;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use webhook::patch::{self, Inspection, PodContext, SkipReason};
+use webhook::settings::NativeMode;
+
+const IMAGE: &str = "example.test/elector:1";
+
+fn ctx(native_mode: NativeMode, native_supported: bool) -> PodContext<'static> {
+    PodContext {
+        namespace: "apps",
+        image: IMAGE,
+        image_pull_policy: "IfNotPresent",
+        native_mode,
+        native_supported,
+    }
+}
+
+fn regular() -> PodContext<'static> {
+    ctx(NativeMode::Auto, false)
+}
+
+/// A pod as the API server hands it to a mutating webhook on 1.20: created by a ReplicaSet, no
+/// name yet, ServiceAccount admission already applied (default SA, token secret mounted).
+fn deployment_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": "my-app-5d4f8b7c9-",
+            "namespace": "apps",
+            "labels": {"app": "web", "pod-template-hash": "5d4f8b7c9"},
+            "annotations": {"leader-election/enabled": "true"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "my-app-5d4f8b7c9",
+                                 "uid": "u1", "controller": true, "blockOwnerDeletion": true}]
+        },
+        "spec": {
+            "serviceAccountName": "default", "serviceAccount": "default",
+            "volumes": [{"name": "default-token-abcde", "secret": {"secretName": "default-token-abcde"}}],
+            "containers": [
+                {"name": "nginx", "image": "nginx:1.25",
+                 "volumeMounts": [{"name": "default-token-abcde", "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]},
+                {"name": "helper", "image": "busybox", "env": [{"name": "LEADER_ELECTION_URL", "value": "http://custom:1"}]}
+            ]
+        }
+    })
+}
+
+fn pod(v: &Value) -> Pod {
+    serde_json::from_value(v.clone()).expect("test pod decodes")
+}
+
+/// Runs the webhook on `input`; returns the patched document (input if no patch).
+fn apply(input: &Value, c: &PodContext<'_>) -> Result<Value, String> {
+    let m = patch::mutate_pod(&pod(input), c).map_err(|d| d.0)?;
+    let mut doc = input.clone();
+    if let Some(p) = &m.patch {
+        json_patch::patch(&mut doc, p).map_err(|e| format!("patch does not apply: {e}"))?;
+    }
+    Ok(doc)
+}
+
+/// Applies, then checks that a second admission of the result changes nothing.
+fn inject(input: &Value, c: &PodContext<'_>) -> Value {
+    let once = apply(input, c).expect("admitted");
+    let again = patch::mutate_pod(&pod(&once), c).expect("re-admitted");
+    assert!(
+        again.patch.is_none(),
+        "second admission must add nothing: {:?}",
+        again.patch
+    );
+    once
+}
+
+/// Sets (adding when absent) the value at a JSON pointer.
+fn set(v: &mut Value, pointer: &str, value: Value) {
+    let op: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "add", "path": pointer, "value": value}])).unwrap();
+    json_patch::patch(v, &op).expect("test mutation applies");
+}
+
+fn containers(v: &Value) -> &Vec<Value> {
+    v["spec"]["containers"].as_array().expect("containers")
+}
+
+fn find<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|c| c["name"] == name)
+}
+
+fn elector(v: &Value) -> &Value {
+    find(&v["spec"]["containers"], contract::CONTAINER_NAME)
+        .or_else(|| find(&v["spec"]["initContainers"], contract::CONTAINER_NAME))
+        .expect("elector injected")
+}
+
+fn env<'a>(c: &'a Value, name: &str) -> Option<&'a Value> {
+    find(&c["env"], name)
+}
+
+fn args(c: &Value) -> Vec<&str> {
+    c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+#[test]
+fn deployment_pod_gets_everything() {
+    let out = inject(&deployment_pod(), &regular());
+    assert_eq!(
+        out["metadata"]["annotations"][ann::STATUS],
+        ann::STATUS_INJECTED
+    );
+    // Moved off the namespace's default ServiceAccount, alias kept consistent.
+    assert_eq!(out["spec"]["serviceAccountName"], contract::SERVICE_ACCOUNT);
+    assert_eq!(out["spec"]["serviceAccount"], contract::SERVICE_ACCOUNT);
+
+    let cs = containers(&out);
+    assert_eq!(cs.len(), 3);
+    assert_eq!(cs[2]["name"], contract::CONTAINER_NAME);
+    let e = elector(&out);
+    assert_eq!(e["image"], IMAGE);
+    assert_eq!(e["imagePullPolicy"], "IfNotPresent");
+    assert!(e.get("restartPolicy").is_none());
+    let a = args(e);
+    assert!(a.contains(&"--election=my-app"), "{a:?}");
+    assert!(a.contains(&"--http=0.0.0.0:4040"), "{a:?}");
+    assert!(a.contains(&"--lease-duration=15s"), "{a:?}");
+    assert!(a.contains(&"--renew-deadline=10s"), "{a:?}");
+    assert!(a.contains(&"--retry-period=2s"), "{a:?}");
+    assert!(!a.iter().any(|x| x.starts_with("--leader-label")), "{a:?}");
+    assert_eq!(
+        env(e, "POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        env(e, "POD_NAMESPACE").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(e["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(e["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(e["readinessProbe"]["httpGet"]["port"], 4040);
+    assert_eq!(e["resources"]["requests"]["cpu"], "10m");
+    assert_eq!(e["resources"]["limits"]["memory"], "32Mi");
+    let sc = &e["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], contract::deploy::RUN_AS_USER);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+
+    // Credentials of its own, whatever the ServiceAccount plugin mounted for the app.
+    let mount = find(&e["volumeMounts"], patch::API_ACCESS_VOLUME).expect("mount");
+    assert_eq!(mount["mountPath"], patch::SERVICE_ACCOUNT_MOUNT);
+    assert_eq!(mount["readOnly"], true);
+    let vol = find(&out["spec"]["volumes"], patch::API_ACCESS_VOLUME).expect("volume");
+    let sources = vol["projected"]["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
+    assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+    assert_eq!(
+        sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert!(find(&out["spec"]["volumes"], "default-token-abcde").is_some());
+
+    // App containers: missing env added, the user's own value kept.
+    let nginx = &cs[0];
+    assert_eq!(
+        env(nginx, "LEADER_ELECTION_URL").unwrap()["value"],
+        "http://127.0.0.1:4040"
+    );
+    assert_eq!(
+        env(nginx, "LEADER_ELECTION_LEASE_NAME").unwrap()["value"],
+        "my-app"
+    );
+    assert_eq!(
+        env(nginx, "LEADER_ELECTION_IDENTITY").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    let helper = &cs[1];
+    assert_eq!(
+        env(helper, "LEADER_ELECTION_URL").unwrap()["value"],
+        "http://custom:1"
+    );
+    assert_eq!(helper["env"].as_array().unwrap().len(), 3);
+    assert!(env(e, "LEADER_ELECTION_URL").is_none());
+}
+
+#[test]
+fn lease_name_resolution_table() {
+    // (mutation of the deployment pod, expected lease or Err(substring))
+    type Case = (
+        &'static str,
+        fn(&mut Value),
+        Result<&'static str, &'static str>,
+    );
+    let cases: Vec<Case> = vec![
+        ("replicaset owner minus hash", |_| {}, Ok("my-app")),
+        (
+            "annotation wins",
+            |v| {
+                set(
+                    v,
+                    "/metadata/annotations/leader-election~1lease-name",
+                    json!("chosen"),
+                )
+            },
+            Ok("chosen"),
+        ),
+        (
+            "statefulset owner",
+            |v| {
+                set(v, "/metadata/ownerReferences/0/kind", json!("StatefulSet"));
+                set(v, "/metadata/ownerReferences/0/name", json!("db"));
+            },
+            Ok("db"),
+        ),
+        (
+            "replicaset without hash label keeps its name",
+            |v| {
+                v["metadata"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("pod-template-hash");
+            },
+            Ok("my-app-5d4f8b7c9"),
+        ),
+        (
+            "app.kubernetes.io/name label",
+            |v| {
+                v["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("ownerReferences");
+                set(
+                    v,
+                    "/metadata/labels",
+                    json!({"app.kubernetes.io/name": "kname", "app": "web"}),
+                );
+            },
+            Ok("kname"),
+        ),
+        (
+            "app label",
+            |v| {
+                v["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("ownerReferences");
+            },
+            Ok("web"),
+        ),
+        (
+            "nothing to go by: never the pod's own name",
+            |v| {
+                v["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("ownerReferences");
+                v["metadata"].as_object_mut().unwrap().remove("labels");
+                v["metadata"]["name"] = json!("lonely-pod");
+            },
+            Err("leader-election/lease-name"),
+        ),
+    ];
+    for (what, mutate, want) in cases {
+        let mut input = deployment_pod();
+        mutate(&mut input);
+        match (apply(&input, &regular()), want) {
+            (Ok(out), Ok(lease)) => {
+                let a = args(elector(&out));
+                assert!(
+                    a.contains(&format!("--election={lease}").as_str()),
+                    "{what}: {a:?}"
+                );
+                assert_eq!(
+                    env(&containers(&out)[0], "LEADER_ELECTION_LEASE_NAME").unwrap()["value"],
+                    lease,
+                    "{what}"
+                );
+            }
+            (Err(msg), Err(sub)) => assert!(msg.contains(sub), "{what}: {msg}"),
+            (got, _) => panic!("{what}: unexpected {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn opt_in_and_exclusions_table() {
+    type Case = (
+        &'static str,
+        fn(&mut Value),
+        &'static str,
+        Result<bool, &'static str>,
+    );
+    // (what, mutation, namespace, Ok(injected?) or Err(substring))
+    let cases: Vec<Case> = vec![
+        ("opted in", |_| {}, "apps", Ok(true)),
+        (
+            "no annotation",
+            |v| set(v, "/metadata/annotations", json!({})),
+            "apps",
+            Ok(false),
+        ),
+        (
+            "no annotations at all",
+            |v| {
+                v["metadata"].as_object_mut().unwrap().remove("annotations");
+            },
+            "apps",
+            Ok(false),
+        ),
+        (
+            "explicit false",
+            |v| {
+                set(
+                    v,
+                    "/metadata/annotations/leader-election~1enabled",
+                    json!("false"),
+                )
+            },
+            "apps",
+            Ok(false),
+        ),
+        (
+            "bad value",
+            |v| {
+                set(
+                    v,
+                    "/metadata/annotations/leader-election~1enabled",
+                    json!("yes"),
+                )
+            },
+            "apps",
+            Err("leader-election/enabled=\"yes\" is invalid: expected \"true\" or \"false\""),
+        ),
+        ("kube-system never", |_| {}, "kube-system", Ok(false)),
+        (
+            "kube-node-lease never",
+            |_| {},
+            "kube-node-lease",
+            Ok(false),
+        ),
+        (
+            "bad timing",
+            |v| {
+                set(
+                    v,
+                    "/metadata/annotations/leader-election~1retry-period",
+                    json!("20s"),
+                )
+            },
+            "apps",
+            Err("leader-election/retry-period"),
+        ),
+        (
+            "port taken by the app",
+            |v| {
+                set(
+                    v,
+                    "/spec/containers/0/ports",
+                    json!([{"containerPort": 4040}]),
+                )
+            },
+            "apps",
+            Err("already uses port 4040"),
+        ),
+        (
+            "no spec",
+            |v| {
+                v.as_object_mut().unwrap().remove("spec");
+            },
+            "apps",
+            Err("no spec"),
+        ),
+    ];
+    for (what, mutate, ns, want) in cases {
+        let mut input = deployment_pod();
+        mutate(&mut input);
+        let c = PodContext {
+            namespace: ns,
+            ..regular()
+        };
+        match (apply(&input, &c), want) {
+            (Ok(out), Ok(injected)) => {
+                assert_eq!(out != input, injected, "{what}");
+                if !injected {
+                    let m = patch::mutate_pod(&pod(&input), &c).unwrap();
+                    assert!(m.skipped.is_some(), "{what}");
+                }
+            }
+            (Err(msg), Err(sub)) => assert!(msg.contains(sub), "{what}: {msg}"),
+            (got, _) => panic!("{what}: unexpected {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn own_service_account_is_kept() {
+    let mut input = deployment_pod();
+    set(&mut input, "/spec/serviceAccountName", json!("my-sa"));
+    set(&mut input, "/spec/serviceAccount", json!("my-sa"));
+    let Inspection::Inject(plan) = patch::inspect_pod(&pod(&input), "apps").unwrap() else {
+        panic!("not injected");
+    };
+    assert_eq!(plan.service_account, "my-sa");
+    assert!(!plan.switch_service_account);
+    let out = inject(&input, &regular());
+    assert_eq!(out["spec"]["serviceAccountName"], "my-sa");
+    assert!(find(&elector(&out)["volumeMounts"], patch::API_ACCESS_VOLUME).is_some());
+}
+
+#[test]
+fn no_service_account_field_means_default() {
+    let mut input = deployment_pod();
+    let spec = input["spec"].as_object_mut().unwrap();
+    spec.remove("serviceAccountName");
+    spec.remove("serviceAccount");
+    let out = inject(&input, &regular());
+    assert_eq!(out["spec"]["serviceAccountName"], contract::SERVICE_ACCOUNT);
+    assert!(out["spec"].get("serviceAccount").is_none());
+}
+
+#[test]
+fn automount_off_without_volumes_gets_a_projected_token() {
+    let input = json!({
+        "metadata": {"namespace": "apps", "labels": {"app": "solo"},
+                     "annotations": {"leader-election/enabled": "true"}},
+        "spec": {"automountServiceAccountToken": false, "serviceAccountName": "default",
+                 "containers": [{"name": "app", "image": "app"}]}
+    });
+    let out = inject(&input, &regular());
+    let vols = out["spec"]["volumes"].as_array().expect("volumes created");
+    assert_eq!(vols.len(), 1);
+    assert_eq!(vols[0]["name"], patch::API_ACCESS_VOLUME);
+    assert_eq!(
+        vols[0]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"],
+        3607
+    );
+    // The app's env array is created.
+    assert_eq!(containers(&out)[0]["env"].as_array().unwrap().len(), 3);
+    // automount stays off for the app; the elector has its own mount.
+    assert_eq!(out["spec"]["automountServiceAccountToken"], false);
+    assert!(find(&elector(&out)["volumeMounts"], patch::API_ACCESS_VOLUME).is_some());
+}
+
+#[test]
+fn native_sidecar_table() {
+    // (cluster mode, cluster supports, pod annotation, expect native)
+    let cases = [
+        (NativeMode::Auto, false, None, false),
+        (NativeMode::Auto, true, None, true),
+        (NativeMode::Never, true, None, false),
+        (NativeMode::Always, false, None, true),
+        (NativeMode::Auto, true, Some("never"), false),
+        (NativeMode::Never, false, Some("always"), true),
+        (NativeMode::Always, true, Some("auto"), true),
+        (NativeMode::Always, false, Some("auto"), false),
+    ];
+    for (mode, supported, annotation, native) in cases {
+        for with_init in [false, true] {
+            let mut input = deployment_pod();
+            if let Some(a) = annotation {
+                input["metadata"]["annotations"][ann::NATIVE_SIDECAR] = json!(a);
+            }
+            if with_init {
+                input["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m"}]);
+            }
+            let out = inject(&input, &ctx(mode, supported));
+            let inits = out["spec"]["initContainers"].as_array();
+            let in_init = inits
+                .and_then(|l| l.iter().find(|c| c["name"] == contract::CONTAINER_NAME))
+                .is_some();
+            let case = format!("{mode:?} {supported} {annotation:?} init={with_init}");
+            assert_eq!(in_init, native, "{case}");
+            assert_eq!(
+                find(&out["spec"]["containers"], contract::CONTAINER_NAME).is_some(),
+                !native,
+                "{case}"
+            );
+            if native {
+                assert_eq!(elector(&out)["restartPolicy"], "Always", "{case}");
+                // Appended after the pod's own init containers.
+                let l = inits.unwrap();
+                assert_eq!(
+                    l.last().unwrap()["name"],
+                    contract::CONTAINER_NAME,
+                    "{case}"
+                );
+                assert_eq!(l.len(), if with_init { 2 } else { 1 }, "{case}");
+            }
+        }
+    }
+}
+
+#[test]
+fn settings_reach_the_container() {
+    let mut input = deployment_pod();
+    let a = input["metadata"]["annotations"].as_object_mut().unwrap();
+    a.insert(ann::PORT.into(), json!("5050"));
+    a.insert(ann::LEASE_DURATION.into(), json!("30s"));
+    a.insert(ann::RENEW_DEADLINE.into(), json!("20s"));
+    a.insert(ann::RETRY_PERIOD.into(), json!("1500ms"));
+    a.insert(ann::LEADER_LABEL.into(), json!("true"));
+    let out = inject(&input, &regular());
+    let e = elector(&out);
+    let a = args(e);
+    for want in [
+        "--http=0.0.0.0:5050",
+        "--lease-duration=30s",
+        "--renew-deadline=20s",
+        "--retry-period=1500ms",
+        "--leader-label",
+    ] {
+        assert!(a.contains(&want), "{want} in {a:?}");
+    }
+    assert_eq!(e["livenessProbe"]["httpGet"]["port"], 5050);
+    assert_eq!(e["ports"][0]["containerPort"], 5050);
+    assert_eq!(
+        env(&containers(&out)[0], "LEADER_ELECTION_URL").unwrap()["value"],
+        "http://127.0.0.1:5050"
+    );
+}
+
+#[test]
+fn reinvocation_only_adds_missing_env() {
+    let c = regular();
+    let mut once = inject(&deployment_pod(), &c);
+    // Another webhook adds a container after us; we are reinvoked.
+    once["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "late", "image": "late"}));
+    let m = patch::mutate_pod(&pod(&once), &c).unwrap();
+    let plan = m.plan.as_ref().unwrap();
+    assert!(plan.already_injected);
+    let p = m.patch.expect("env for the late container");
+    let mut twice = once.clone();
+    json_patch::patch(&mut twice, &p).unwrap();
+    assert_eq!(
+        containers(&twice).len(),
+        containers(&once).len(),
+        "no second elector"
+    );
+    let late = find(&twice["spec"]["containers"], "late").unwrap();
+    assert_eq!(
+        env(late, "LEADER_ELECTION_LEASE_NAME").unwrap()["value"],
+        "my-app"
+    );
+    // ServiceAccount untouched on reinvocation (already ours).
+    assert_eq!(
+        twice["spec"]["serviceAccountName"],
+        contract::SERVICE_ACCOUNT
+    );
+    assert!(patch::mutate_pod(&pod(&twice), &c).unwrap().patch.is_none());
+}
+
+#[test]
+fn status_annotation_alone_counts_as_injected() {
+    let mut input = deployment_pod();
+    input["metadata"]["annotations"][ann::STATUS] = json!(ann::STATUS_INJECTED);
+    let out = apply(&input, &regular()).unwrap();
+    assert!(find(&out["spec"]["containers"], contract::CONTAINER_NAME).is_none());
+    // The app still gets its env vars, with the lease from the owner.
+    assert_eq!(
+        env(&containers(&out)[0], "LEADER_ELECTION_LEASE_NAME").unwrap()["value"],
+        "my-app"
+    );
+}
+
+#[test]
+fn skip_reasons() {
+    let mut input = deployment_pod();
+    let m = patch::mutate_pod(
+        &pod(&input),
+        &PodContext {
+            namespace: "kube-system",
+            ..regular()
+        },
+    )
+    .unwrap();
+    assert_eq!(m.skipped, Some(SkipReason::ExcludedNamespace));
+    input["metadata"]["annotations"] = json!({});
+    let m = patch::mutate_pod(&pod(&input), &regular()).unwrap();
+    assert_eq!(m.skipped, Some(SkipReason::NotEnabled));
+    assert!(m.patch.is_none());
+}
+
+// ---- workloads ----
+
+fn deployment(meta_annotations: Value, template_annotations: Option<Value>) -> Value {
+    let mut template_meta = json!({"labels": {"app": "web"}});
+    if let Some(t) = template_annotations {
+        template_meta["annotations"] = t;
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "my-app", "namespace": "apps", "annotations": meta_annotations},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": template_meta,
+                              "spec": {"containers": [{"name": "nginx", "image": "nginx:1.25"}]}}}
+    })
+}
+
+fn workload(input: &Value) -> Result<(Value, webhook::patch::WorkloadMutation), String> {
+    let m = patch::mutate_workload(input).map_err(|d| d.0)?;
+    let mut out = input.clone();
+    if let Some(p) = &m.patch {
+        json_patch::patch(&mut out, p).map_err(|e| e.to_string())?;
+    }
+    // Idempotent: the result needs no further change.
+    let again = patch::mutate_workload(&out).map_err(|d| d.0)?;
+    assert!(
+        again.patch.is_none(),
+        "second pass changed {:?}",
+        again.patch
+    );
+    Ok((out, m))
+}
+
+fn tmpl(v: &Value) -> &Value {
+    &v["spec"]["template"]["metadata"]["annotations"]
+}
+
+#[test]
+fn workload_annotation_is_propagated_and_removed() {
+    let annotated = deployment(
+        json!({"leader-election/enabled": "true", "leader-election/lease-name": "shared", "other": "x"}),
+        None,
+    );
+    let (out, m) = workload(&annotated).unwrap();
+    assert_eq!(tmpl(&out)[ann::ENABLED], "true");
+    assert_eq!(tmpl(&out)[ann::LEASE_NAME], "shared");
+    assert_eq!(
+        tmpl(&out)[ann::PROPAGATED],
+        "leader-election/enabled,leader-election/lease-name"
+    );
+    assert!(tmpl(&out).get("other").is_none());
+    assert_eq!(m.set.len(), 2);
+    assert_eq!(out["spec"]["template"]["metadata"]["labels"]["app"], "web");
+
+    // `kubectl annotate deployment my-app leader-election/lease-name-` removes only that.
+    let mut removed = out.clone();
+    removed["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(ann::LEASE_NAME);
+    let (out2, m2) = workload(&removed).unwrap();
+    assert!(tmpl(&out2).get(ann::LEASE_NAME).is_none());
+    assert_eq!(tmpl(&out2)[ann::ENABLED], "true");
+    assert_eq!(tmpl(&out2)[ann::PROPAGATED], "leader-election/enabled");
+    assert_eq!(m2.removed, vec![ann::LEASE_NAME.to_string()]);
+
+    // Removing the last one clears the bookkeeping too.
+    let mut none = out2.clone();
+    none["metadata"]["annotations"] = json!({"other": "x"});
+    let (out3, _) = workload(&none).unwrap();
+    assert_eq!(tmpl(&out3), &json!({}));
+}
+
+#[test]
+fn template_annotations_the_user_set_are_theirs() {
+    // The template already says enabled=true itself; the workload says the same.
+    let input = deployment(
+        json!({"leader-election/enabled": "true"}),
+        Some(json!({"leader-election/enabled": "true", "keep": "me"})),
+    );
+    let m = patch::mutate_workload(&input).unwrap();
+    assert!(m.patch.is_none(), "nothing to change, no rollout");
+
+    // Removing it from the workload leaves the template's own value alone.
+    let input = deployment(
+        json!({}),
+        Some(json!({"leader-election/enabled": "true", "keep": "me"})),
+    );
+    assert!(patch::mutate_workload(&input).unwrap().patch.is_none());
+
+    // A different value on the workload wins and is recorded as propagated.
+    let input = deployment(
+        json!({"leader-election/enabled": "false"}),
+        Some(json!({"leader-election/enabled": "true", "keep": "me"})),
+    );
+    let (out, _) = workload(&input).unwrap();
+    assert_eq!(tmpl(&out)[ann::ENABLED], "false");
+    assert_eq!(tmpl(&out)["keep"], "me");
+    assert_eq!(tmpl(&out)[ann::PROPAGATED], ann::ENABLED);
+}
+
+#[test]
+fn workload_table() {
+    type Case = (&'static str, Value, Result<bool, &'static str>);
+    // (what, workload, Ok(patched?) or Err(substring))
+    let cases: Vec<Case> = vec![
+        ("no annotations", deployment(json!({}), None), Ok(false)),
+        (
+            "unrelated annotations",
+            deployment(json!({"a": "b"}), Some(json!({"c": "d"}))),
+            Ok(false),
+        ),
+        (
+            "bad enabled value",
+            deployment(json!({"leader-election/enabled": "maybe"}), None),
+            Err("leader-election/enabled"),
+        ),
+        (
+            "bad timing when enabled",
+            deployment(
+                json!({"leader-election/enabled": "true", "leader-election/lease-duration": "1s"}),
+                None,
+            ),
+            Err("leader-election/renew-deadline"),
+        ),
+        (
+            "template metadata missing",
+            json!({"metadata": {"annotations": {"leader-election/enabled": "true"}},
+                   "spec": {"template": {"spec": {"containers": []}}}}),
+            Ok(true),
+        ),
+        (
+            "being deleted",
+            json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z",
+                                "annotations": {"leader-election/enabled": "true"}},
+                   "spec": {"template": {}}}),
+            Ok(false),
+        ),
+        (
+            "statefulset",
+            json!({"kind": "StatefulSet", "metadata": {"annotations": {"leader-election/enabled": "true"}},
+                   "spec": {"template": {"metadata": {"annotations": {}}}}}),
+            Ok(true),
+        ),
+    ];
+    for (what, input, want) in cases {
+        match (workload(&input), want) {
+            (Ok((out, _)), Ok(patched)) => assert_eq!(out != input, patched, "{what}"),
+            (Err(msg), Err(sub)) => assert!(msg.contains(sub), "{what}: {msg}"),
+            (got, _) => panic!("{what}: unexpected {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn unknown_workload_keys_warn_and_are_not_copied() {
+    let input = deployment(
+        json!({"leader-election/enabled": "true", "leader-election/enable": "true"}),
+        None,
+    );
+    let (out, m) = workload(&input).unwrap();
+    assert!(tmpl(&out).get("leader-election/enable").is_none());
+    assert_eq!(m.warnings.len(), 1);
+    assert!(
+        m.warnings[0].contains("leader-election/enable "),
+        "{:?}",
+        m.warnings
+    );
+}

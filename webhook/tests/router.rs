@@ -1,0 +1,482 @@
+//! The axum router in-process (no TLS) with AdmissionReview fixtures and an in-memory cluster
+//! that records every API call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base64::Engine;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use webhook::admission::{AppState, InjectConfig, ReviewResponse};
+use webhook::fake::FakeCluster;
+use webhook::metrics::{Metrics, Outcome};
+use webhook::settings::NativeMode;
+use webhook::tls::CertResolver;
+
+const MAX_BODY: usize = 256 * 1024;
+
+struct App {
+    router: Router,
+    cluster: Arc<FakeCluster>,
+    state: Arc<AppState<FakeCluster>>,
+}
+
+fn app() -> App {
+    let cluster = Arc::new(FakeCluster::new());
+    let state = Arc::new(AppState::new(
+        cluster.clone(),
+        InjectConfig {
+            image: "example.test/elector:1".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            native_mode: NativeMode::Auto,
+        },
+        Arc::new(Metrics::new()),
+        Arc::new(CertResolver::default()),
+        Duration::from_secs(600),
+    ));
+    App {
+        router: webhook::server::router(state.clone(), MAX_BODY),
+        cluster,
+        state,
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn fixture_json(name: &str) -> Value {
+    serde_json::from_slice(&fixture(name)).expect("fixture is JSON")
+}
+
+async fn send(router: &Router, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, bytes.to_vec())
+}
+
+async fn review(app: &App, body: Vec<u8>) -> ReviewResponse {
+    let (status, bytes) = send(&app.router, "POST", "/mutate", body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let r: ReviewResponse = serde_json::from_slice(&bytes).expect("an AdmissionReview");
+    assert_eq!(r.api_version, "admission.k8s.io/v1");
+    assert_eq!(r.kind, "AdmissionReview");
+    r
+}
+
+/// Posts a fixture; returns the response and the request object with the patch applied.
+async fn admit(app: &App, name: &str) -> (ReviewResponse, Value) {
+    let input = fixture_json(name);
+    let r = review(app, fixture(name)).await;
+    assert_eq!(r.response.uid, input["request"]["uid"], "uid echoed");
+    let mut obj = input["request"]["object"].clone();
+    if let Some(p) = &r.response.patch {
+        assert_eq!(r.response.patch_type.as_deref(), Some("JSONPatch"));
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(p)
+            .expect("base64 patch");
+        let patch: json_patch::Patch = serde_json::from_slice(&raw).expect("JSON patch");
+        json_patch::patch(&mut obj, &patch).expect("patch applies to the request object");
+    }
+    (r, obj)
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+#[tokio::test]
+async fn generate_name_pod_is_injected_and_rbac_ensured_once() {
+    let app = app();
+    let (r, pod) = admit(&app, "pod-generatename.json").await;
+    assert!(r.response.allowed);
+    assert!(r.response.warnings.is_empty());
+    let e = container(&pod, contract::CONTAINER_NAME).expect("elector");
+    assert!(
+        e["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--election=my-app"))
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], contract::SERVICE_ACCOUNT);
+    assert_eq!(
+        pod["metadata"]["annotations"]["leader-election/status"],
+        "injected"
+    );
+    assert_eq!(
+        app.cluster.calls(),
+        vec![
+            "service_account_exists apps/leader-elector",
+            "create_service_account apps/leader-elector",
+            "get_role_binding apps/leader-election:elector",
+            "create_role_binding apps/leader-election:elector",
+        ]
+    );
+    app.cluster.with(|s| {
+        let rb = &s.role_bindings[&("apps".to_string(), contract::ROLE_BINDING.to_string())];
+        assert_eq!(rb.role_ref.name, contract::CLUSTER_ROLE);
+        let subjects = rb.subjects.as_ref().unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].name, contract::SERVICE_ACCOUNT);
+        assert_eq!(subjects[0].namespace.as_deref(), Some("apps"));
+    });
+
+    // Steady state: the next pod of the namespace makes no API call.
+    app.cluster.clear_calls();
+    let (r2, _) = admit(&app, "pod-generatename.json").await;
+    assert!(r2.response.allowed && r2.response.patch.is_some());
+    assert!(app.cluster.calls().is_empty(), "{:?}", app.cluster.calls());
+    assert_eq!(app.state.metrics.admissions(Outcome::Injected), 2);
+}
+
+#[tokio::test]
+async fn own_service_account_is_kept_and_added_to_the_binding() {
+    let app = app();
+    let (r, pod) = admit(&app, "pod-own-sa.json").await;
+    assert!(r.response.allowed);
+    assert_eq!(pod["spec"]["serviceAccountName"], "my-app-sa");
+    // Not ours to create: only the RoleBinding is ensured.
+    assert_eq!(
+        app.cluster.calls(),
+        vec![
+            "get_role_binding apps/leader-election:elector",
+            "create_role_binding apps/leader-election:elector",
+        ]
+    );
+    // A default-SA pod in the same namespace: the existing binding gains our SA.
+    app.cluster.clear_calls();
+    admit(&app, "pod-generatename.json").await;
+    assert!(
+        app.cluster
+            .calls()
+            .contains(&"set_role_binding_subjects apps/leader-election:elector".to_string())
+    );
+    app.cluster.with(|s| {
+        let rb = &s.role_bindings[&("apps".to_string(), contract::ROLE_BINDING.to_string())];
+        let names: Vec<&str> = rb
+            .subjects
+            .iter()
+            .flatten()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["my-app-sa", "leader-elector"]);
+    });
+}
+
+#[tokio::test]
+async fn rbac_conflicts_are_retried_and_failures_refuse_the_pod() {
+    let app = app();
+    admit(&app, "pod-own-sa.json").await;
+    app.cluster.with(|s| {
+        s.fail_once.insert(
+            "set_role_binding_subjects".into(),
+            webhook::error::ApiError::Conflict,
+        );
+        s.fail_once.insert(
+            "create_service_account".into(),
+            webhook::error::ApiError::Forbidden("no".into()),
+        );
+    });
+    // The SA create is forbidden: the pod is refused (never admitted with a missing SA).
+    let (r, _) = admit(&app, "pod-generatename.json").await;
+    assert!(!r.response.allowed);
+    let status = r.response.status.unwrap();
+    assert_eq!(status.code, 500);
+    assert!(status.message.contains("forbidden"), "{}", status.message);
+    // Not cached: the next try ensures again, survives the conflict and succeeds.
+    let (r, _) = admit(&app, "pod-generatename.json").await;
+    assert!(r.response.allowed);
+    let calls = app.cluster.calls();
+    let patches = calls
+        .iter()
+        .filter(|c| c.starts_with("set_role_binding_subjects"))
+        .count();
+    assert_eq!(patches, 2, "{calls:?}");
+    assert_eq!(app.state.metrics.admissions(Outcome::Error), 1);
+}
+
+#[tokio::test]
+async fn automount_off_gets_a_token_volume_for_the_elector() {
+    let app = app();
+    let (r, pod) = admit(&app, "pod-automount-off.json").await;
+    assert!(r.response.allowed);
+    let vols = pod["spec"]["volumes"].as_array().expect("volumes created");
+    assert_eq!(vols[0]["name"], webhook::patch::API_ACCESS_VOLUME);
+    let e = container(&pod, contract::CONTAINER_NAME).unwrap();
+    assert_eq!(
+        e["volumeMounts"][0]["mountPath"],
+        webhook::patch::SERVICE_ACCOUNT_MOUNT
+    );
+    assert!(
+        container(&pod, "nginx")
+            .unwrap()
+            .get("volumeMounts")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn already_injected_pod_only_gets_missing_env() {
+    let app = app();
+    let input = fixture_json("pod-already-injected.json");
+    let (r, pod) = admit(&app, "pod-already-injected.json").await;
+    assert!(r.response.allowed);
+    assert!(
+        app.cluster.calls().is_empty(),
+        "no RBAC work on reinvocation"
+    );
+    let before = input["request"]["object"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(pod["spec"]["containers"].as_array().unwrap().len(), before);
+    let proxy = container(&pod, "istio-proxy").unwrap();
+    assert_eq!(proxy["env"].as_array().unwrap().len(), 3);
+    // Nothing else changed.
+    let mut expected = input["request"]["object"].clone();
+    expected["spec"]["containers"][2]["env"] = proxy["env"].clone();
+    assert_eq!(pod, expected);
+    assert_eq!(app.state.metrics.admissions(Outcome::Reinvoked), 1);
+}
+
+#[tokio::test]
+async fn bad_annotation_is_denied_with_its_name() {
+    let app = app();
+    let (r, _) = admit(&app, "pod-bad-annotation.json").await;
+    assert!(!r.response.allowed);
+    assert!(r.response.patch.is_none());
+    let status = r.response.status.unwrap();
+    assert_eq!(status.code, 403);
+    assert!(
+        status.message.contains("leader-election/lease-duration")
+            && status.message.contains("a duration such as"),
+        "{}",
+        status.message
+    );
+    assert!(app.cluster.calls().is_empty());
+    assert_eq!(app.state.metrics.admissions(Outcome::Denied), 1);
+}
+
+#[tokio::test]
+async fn pod_without_annotation_and_other_kinds_pass_unchanged() {
+    let app = app();
+    for f in ["pod-not-annotated.json", "configmap.json"] {
+        let (r, _) = admit(&app, f).await;
+        assert!(r.response.allowed, "{f}");
+        assert!(r.response.patch.is_none(), "{f}");
+    }
+    assert!(app.cluster.calls().is_empty());
+    assert_eq!(app.state.metrics.admissions(Outcome::Skipped), 2);
+}
+
+#[tokio::test]
+async fn dry_run_creates_nothing_and_warns() {
+    let app = app();
+    let (r, pod) = admit(&app, "pod-dry-run.json").await;
+    assert!(r.response.allowed);
+    assert!(container(&pod, contract::CONTAINER_NAME).is_some());
+    assert!(app.cluster.calls().is_empty(), "{:?}", app.cluster.calls());
+    // The API server refuses a pod naming a missing ServiceAccount, so the dry run keeps the
+    // current one and says what a real create would do.
+    assert_eq!(pod["spec"]["serviceAccountName"], "default");
+    assert_eq!(r.response.warnings.len(), 2, "{:?}", r.response.warnings);
+    assert!(
+        r.response.warnings[0].contains("apps/leader-elector"),
+        "{:?}",
+        r.response.warnings
+    );
+    // Once a real pod ensured the SA, dry runs show the switch and have nothing to warn about.
+    admit(&app, "pod-generatename.json").await;
+    app.cluster.clear_calls();
+    let (r, pod) = admit(&app, "pod-dry-run.json").await;
+    assert!(r.response.warnings.is_empty());
+    assert_eq!(pod["spec"]["serviceAccountName"], contract::SERVICE_ACCOUNT);
+    assert!(app.cluster.calls().is_empty());
+}
+
+#[tokio::test]
+async fn deployment_annotation_is_propagated_then_removed() {
+    let app = app();
+    let (r, d) = admit(&app, "deployment-annotate.json").await;
+    assert!(r.response.allowed);
+    let t = &d["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(t["leader-election/enabled"], "true");
+    assert_eq!(t["leader-election/propagated"], "leader-election/enabled");
+    // Workload metadata itself is left alone.
+    assert_eq!(
+        d["metadata"]["annotations"]["leader-election/enabled"],
+        "true"
+    );
+
+    let (r, d) = admit(&app, "deployment-remove.json").await;
+    assert!(r.response.allowed);
+    let t = &d["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(t, &json!({"team": "x"}));
+    assert!(app.cluster.calls().is_empty());
+    assert_eq!(app.state.metrics.admissions(Outcome::WorkloadPropagated), 2);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let app = app();
+    let cases: [(&str, StatusCode, &str); 3] = [
+        (
+            "malformed.json",
+            StatusCode::BAD_REQUEST,
+            "malformed AdmissionReview",
+        ),
+        (
+            "wrong-kind.json",
+            StatusCode::BAD_REQUEST,
+            "got kind \"Pod\"",
+        ),
+        (
+            "wrong-version.json",
+            StatusCode::BAD_REQUEST,
+            "admission.k8s.io/v1beta1",
+        ),
+    ];
+    for (f, code, text) in cases {
+        let (status, body) = send(&app.router, "POST", "/mutate", fixture(f)).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, code, "{f}: {body}");
+        assert!(body.contains(text), "{f}: {body}");
+    }
+    let (status, body) = send(&app.router, "POST", "/mutate", b"[]".to_vec()).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _) = send(&app.router, "POST", "/mutate", Vec::new()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A known uid but no object: an AdmissionReview refusing it.
+    let (r, _) = admit(&app, "pod-missing-object.json").await;
+    assert!(!r.response.allowed);
+    assert_eq!(r.response.status.unwrap().code, 400);
+
+    // An undecodable pod spec is refused, not a panic.
+    let mut v = fixture_json("pod-generatename.json");
+    v["request"]["object"]["spec"]["containers"] = json!("not a list");
+    let r = review(&app, serde_json::to_vec(&v).unwrap()).await;
+    assert!(!r.response.allowed);
+    assert!(
+        r.response
+            .status
+            .unwrap()
+            .message
+            .contains("cannot decode the pod")
+    );
+
+    let (status, _) = send(&app.router, "GET", "/mutate", Vec::new()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let app = app();
+    let mut v = fixture_json("pod-generatename.json");
+    v["request"]["object"]["metadata"]["annotations"]["filler"] = json!("x".repeat(MAX_BODY));
+    let (status, _) = send(
+        &app.router,
+        "POST",
+        "/mutate",
+        serde_json::to_vec(&v).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(app.cluster.calls().is_empty());
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = app();
+    let (s, _) = send(&app.router, "GET", "/healthz", Vec::new()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = send(&app.router, "GET", "/readyz", Vec::new()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "no certificate yet");
+    assert!(String::from_utf8_lossy(&body).contains("certificate"));
+
+    let b = webhook::certs::generate(&["x".into()], Duration::from_secs(86_400)).unwrap();
+    app.state
+        .resolver
+        .set(webhook::tls::certified_key(b.cert_pem.as_bytes(), b.key_pem.as_bytes()).unwrap());
+    let (s, _) = send(&app.router, "GET", "/readyz", Vec::new()).await;
+    assert_eq!(s, StatusCode::OK);
+    app.state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (s, _) = send(&app.router, "GET", "/readyz", Vec::new()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "draining");
+
+    admit(&app, "pod-generatename.json").await;
+    admit(&app, "pod-bad-annotation.json").await;
+    let (s, body) = send(&app.router, "GET", "/metrics", Vec::new()).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("leader_election_webhook_admissions_total{result=\"injected\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("leader_election_webhook_admissions_total{result=\"denied\"} 1"));
+    assert!(text.contains("leader_election_webhook_admission_duration_seconds_count 2"));
+}
+
+#[tokio::test]
+async fn leader_label_also_binds_the_pod_patching_role() {
+    let app = app();
+    admit(&app, "pod-generatename.json").await;
+    app.cluster.clear_calls();
+    let mut v = fixture_json("pod-generatename.json");
+    v["request"]["object"]["metadata"]["annotations"]["leader-election/leader-label"] =
+        json!("true");
+    let r = review(&app, serde_json::to_vec(&v).unwrap()).await;
+    assert!(r.response.allowed);
+    let calls = app.cluster.calls();
+    assert!(
+        calls.contains(&format!(
+            "create_role_binding apps/{}",
+            contract::ROLE_BINDING_LEADER_LABEL
+        )),
+        "{calls:?}"
+    );
+    app.cluster.with(|s| {
+        let rb = &s.role_bindings[&(
+            "apps".to_string(),
+            contract::ROLE_BINDING_LEADER_LABEL.to_string(),
+        )];
+        assert_eq!(rb.role_ref.name, contract::CLUSTER_ROLE_LEADER_LABEL);
+        assert_eq!(
+            rb.subjects.as_ref().unwrap()[0].name,
+            contract::SERVICE_ACCOUNT
+        );
+    });
+    // Cached for both kinds of pods from now on.
+    app.cluster.clear_calls();
+    review(&app, serde_json::to_vec(&v).unwrap()).await;
+    admit(&app, "pod-generatename.json").await;
+    assert!(app.cluster.calls().is_empty(), "{:?}", app.cluster.calls());
+}

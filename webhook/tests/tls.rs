@@ -1,0 +1,204 @@
+//! Real HTTPS on 127.0.0.1: the served certificate, a reload through a Secret-style `..data`
+//! symlink swap without a restart or dropped connections, and graceful shutdown.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use webhook::admission::{AppState, InjectConfig};
+use webhook::certs::{self, CertBundle};
+use webhook::fake::FakeCluster;
+use webhook::metrics::Metrics;
+use webhook::settings::NativeMode;
+use webhook::tls::{CertResolver, FileSource};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn bundle() -> CertBundle {
+    certs::generate(&["localhost".into(), "127.0.0.1".into()], DAY).unwrap()
+}
+
+fn der(pem: &str) -> CertificateDer<'static> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+/// Lays out `dir` like a mounted Secret: `tls.crt -> ..data/tls.crt`, `..data -> <version>`.
+fn write_version(dir: &Path, version: &str, b: &CertBundle) {
+    let v = dir.join(version);
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::write(v.join("tls.crt"), &b.cert_pem).unwrap();
+    std::fs::write(v.join("tls.key"), &b.key_pem).unwrap();
+    // Atomic swap: new link under a temporary name, then rename over `..data`.
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = dir.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
+        }
+    }
+}
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(ca_pem)).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(webhook::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; returns (status line, body).
+async fn get(tls: &mut TlsStream<TcpStream>, path: &str) -> (String, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tls.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let status = head.lines().next().unwrap().to_string();
+                return (status, text[end + 4..end + 4 + len].to_string());
+            }
+        }
+    }
+}
+
+fn served_cert(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+#[tokio::test]
+async fn serves_https_and_reloads_a_swapped_secret_without_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let a = bundle();
+    write_version(dir.path(), "..2024_01_01_a", &a);
+
+    let resolver = Arc::new(CertResolver::default());
+    let metrics = Arc::new(Metrics::new());
+    let mut source = FileSource::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    assert!(source.reload(&resolver).unwrap());
+    assert!(
+        !source.reload(&resolver).unwrap(),
+        "unchanged files: no reload"
+    );
+    let watcher = tokio::spawn(source.watch(
+        resolver.clone(),
+        Duration::from_millis(100),
+        metrics.clone(),
+    ));
+
+    let state = Arc::new(AppState::new(
+        Arc::new(FakeCluster::new()),
+        InjectConfig {
+            image: "img".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            native_mode: NativeMode::Never,
+        },
+        metrics,
+        resolver.clone(),
+        DAY,
+    ));
+    let router = webhook::server::router(state, 1024 * 1024);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = Arc::new(webhook::tls::server_config(resolver).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(webhook::server::serve_tls(
+        listener,
+        router,
+        tls,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+
+    // A client trusting CA A gets the certificate A, over TLS, by IP SAN.
+    let mut kept = connect(addr, &a.ca_pem)
+        .await
+        .expect("handshake with cert A");
+    assert_eq!(served_cert(&kept), der(&a.cert_pem));
+    let (status, body) = get(&mut kept, "/readyz").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, "ok");
+
+    // The Secret is updated: kubelet swaps `..data` to a new directory.
+    let b = bundle();
+    write_version(dir.path(), "..2024_02_01_b", &b);
+    let mut swapped = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect(addr, &b.ca_pem).await {
+            swapped = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut fresh = swapped.expect("new handshakes get certificate B within 5 s");
+    assert_eq!(served_cert(&fresh), der(&b.cert_pem));
+    let (status, _) = get(&mut fresh, "/healthz").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        connect(addr, &a.ca_pem).await.is_err(),
+        "old CA no longer matches"
+    );
+
+    // The connection opened before the swap still works.
+    let (status, _) = get(&mut kept, "/healthz").await;
+    assert!(status.contains("200"), "{status}");
+
+    // A half-written update (key missing) keeps the current certificate.
+    let broken = dir.path().join("..2024_03_01_c");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("tls.crt"), &a.cert_pem).unwrap();
+    std::fs::write(broken.join("tls.key"), &b.key_pem).unwrap();
+    let tmp = dir.path().join("..data_tmp");
+    std::os::unix::fs::symlink("..2024_03_01_c", &tmp).unwrap();
+    std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let c = connect(addr, &b.ca_pem).await.expect("still certificate B");
+    assert_eq!(served_cert(&c), der(&b.cert_pem));
+
+    // Graceful shutdown: stop accepting, close idle keep-alive connections, return.
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+    assert!(connect(addr, &b.ca_pem).await.is_err(), "listener closed");
+    watcher.abort();
+}
