@@ -40,7 +40,10 @@ pub mod annotations {
     /// Every key a user may set, with the form its value must take (used in error messages).
     pub const USER_KEYS: &[(&str, &str)] = &[
         (ENABLED, "\"true\" or \"false\""),
-        (LEASE_NAME, "a DNS subdomain name (lowercase letters, digits, '-' and '.')"),
+        (
+            LEASE_NAME,
+            "a DNS subdomain name (lowercase letters, digits, '-' and '.')",
+        ),
         (LEASE_DURATION, "a duration such as \"15s\" or \"1m\""),
         (RENEW_DEADLINE, "a duration such as \"10s\""),
         (RETRY_PERIOD, "a duration such as \"2s\""),
@@ -162,11 +165,15 @@ pub mod deploy {
     /// Namespaces never injected, whatever their labels.
     pub const EXCLUDED_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
     /// Image the webhook injects unless told otherwise.
-    pub const DEFAULT_ELECTOR_IMAGE: &str =
-        concat!("ghcr.io/leader-election/elector:", env!("CARGO_PKG_VERSION"));
+    pub const DEFAULT_ELECTOR_IMAGE: &str = concat!(
+        "ghcr.io/leader-election/elector:",
+        env!("CARGO_PKG_VERSION")
+    );
     /// The webhook's own image.
-    pub const DEFAULT_WEBHOOK_IMAGE: &str =
-        concat!("ghcr.io/leader-election/webhook:", env!("CARGO_PKG_VERSION"));
+    pub const DEFAULT_WEBHOOK_IMAGE: &str = concat!(
+        "ghcr.io/leader-election/webhook:",
+        env!("CARGO_PKG_VERSION")
+    );
     /// Non-root UID both images run as.
     pub const RUN_AS_USER: i64 = 65532;
 }
@@ -266,7 +273,10 @@ mod tests {
 
     #[test]
     fn ttl_derives_default_ratio() {
-        assert_eq!(Timings::from_ttl(Duration::from_secs(15)), Timings::default());
+        assert_eq!(
+            Timings::from_ttl(Duration::from_secs(15)),
+            Timings::default()
+        );
         Timings::from_ttl(Duration::from_secs(3))
             .validate(NAMES)
             .unwrap();
@@ -279,7 +289,10 @@ mod tests {
             ..Timings::default()
         };
         let e = t.validate(NAMES).unwrap_err().to_string();
-        assert!(e.contains("--renew-deadline") && e.contains("--lease-duration"), "{e}");
+        assert!(
+            e.contains("--renew-deadline") && e.contains("--lease-duration"),
+            "{e}"
+        );
 
         let t = Timings {
             retry_period: Duration::from_secs(10),
