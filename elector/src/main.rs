@@ -1,1 +1,3 @@
-fn main() { elector::main() }
+fn main() -> std::process::ExitCode {
+    elector::main()
+}
