@@ -1,1 +1,56 @@
-//! Real control-plane harness.
+//! Real control-plane harness for the integration tests: etcd, kube-apiserver 1.20.2 and
+//! kube-controller-manager (binaries from tests/testenv/provision.sh), plus helpers to run the
+//! project's binaries against it.
+//!
+//! Tests usually share one control plane per test binary ([`shared`]) and use a namespace each;
+//! a test that restarts the API server starts its own ([`ControlPlane::start`]).
+
+pub mod control_plane;
+pub mod elector;
+pub mod error;
+pub mod httpc;
+pub mod layout;
+pub mod manifests;
+pub mod pki;
+pub mod procs;
+pub mod wait;
+pub mod webhook;
+
+pub use control_plane::{CmdOutput, ControlPlane, shared};
+pub use error::{Error, Result, fail};
+pub use procs::Proc;
+pub use wait::{eventually, eventually_while_running};
+
+use std::path::PathBuf;
+
+/// The workspace root (manifests/, certs/ live there).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// A project binary (`elector`, `webhook`) from the target directory the tests were built in.
+/// The test command builds them first (`cargo build --bins`); missing → a clear error.
+pub fn project_binary(name: &str) -> Result<PathBuf> {
+    // Integration tests run from <target>/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().map_err(|e| Error::Io {
+        context: "locating the test executable".into(),
+        source: e,
+    })?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let path = profile_dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::ProjectBinaryMissing {
+            name: name.to_string(),
+            path,
+        })
+    }
+}

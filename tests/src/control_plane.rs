@@ -1,0 +1,522 @@
+//! One control plane: etcd, kube-apiserver 1.20.2 and kube-controller-manager on free loopback
+//! ports in a scratch directory. Everything it starts is stopped when it is dropped, and — via
+//! the spawner in [`crate::procs`] — when the test process dies.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::error::{Context, Error, Result, fail};
+use crate::layout::{self, Files, Ports};
+use crate::pki::Pki;
+use crate::procs::{self, Proc};
+use crate::wait::{eventually, eventually_while_running};
+
+/// How long a control-plane component may take to become ready on a slow, shared machine.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub etcd: PathBuf,
+    pub apiserver: PathBuf,
+    pub controller_manager: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the binaries, failing loudly (never skipping) when they are missing.
+    pub fn locate() -> Result<Binaries> {
+        let dir = layout::control_plane_bin_dir(
+            std::env::var(layout::BIN_DIR_ENV).ok().as_deref(),
+            std::env::var("XDG_CACHE_HOME").ok().as_deref(),
+            std::env::var("HOME").ok().as_deref(),
+        );
+        let apiserver = dir.join("kube-apiserver");
+        let controller_manager = dir.join("kube-controller-manager");
+        let missing: Vec<&str> = [
+            ("kube-apiserver", &apiserver),
+            ("kube-controller-manager", &controller_manager),
+        ]
+        .iter()
+        .filter(|(_, p)| !is_executable(p))
+        .map(|(n, _)| *n)
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::ControlPlaneBinariesMissing {
+                dir,
+                missing: missing.join(", "),
+            });
+        }
+        let etcd = find_on_path("etcd").ok_or(Error::EtcdMissing)?;
+        Ok(Binaries {
+            etcd,
+            apiserver,
+            controller_manager,
+        })
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// `which name`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// A free loopback port (bound and released: another process could take it meanwhile, which
+/// start-up reports as an exited component).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(l.local_addr().context("reading the bound port")?.port())
+}
+
+/// Random hex from /dev/urandom (a bearer token for the admin).
+fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write(path: &Path, content: &str) -> Result<()> {
+    std::fs::write(path, content).context(format!("writing {}", path.display()))
+}
+
+/// Output of a finished command.
+#[derive(Debug, Clone)]
+pub struct CmdOutput {
+    pub success: bool,
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub struct ControlPlane {
+    bins: Binaries,
+    files: Files,
+    ports: Ports,
+    pki: Pki,
+    admin_token: String,
+    etcd: Option<Proc>,
+    apiserver: Option<Proc>,
+    controller_manager: Option<Proc>,
+}
+
+impl ControlPlane {
+    /// Starts etcd, the API server (waits for /readyz) and the controller-manager (waits until
+    /// its tokens controller has minted the `default` ServiceAccount's token).
+    pub async fn start() -> Result<ControlPlane> {
+        let bins = Binaries::locate()?;
+        let files = Files {
+            dir: procs::scratch_dir("control-plane")?,
+        };
+        let ports = Ports {
+            etcd_client: free_port()?,
+            etcd_peer: free_port()?,
+            apiserver: free_port()?,
+        };
+        let pki = Pki::generate()?;
+        let admin_token = random_hex(24)?;
+        std::fs::create_dir_all(files.cert_dir()).context("creating the cert dir")?;
+        write(&files.ca(), &pki.ca_pem)?;
+        write(&files.serving_cert(), &pki.serving_cert_pem)?;
+        write(&files.serving_key(), &pki.serving_key_pem)?;
+        write(&files.sa_key(), &pki.sa_key_pem)?;
+        write(&files.sa_pub(), &pki.sa_pub_pem)?;
+        write(&files.tokens(), &layout::token_file(&admin_token))?;
+        let mut cp = ControlPlane {
+            bins,
+            files,
+            ports,
+            pki,
+            admin_token,
+            etcd: None,
+            apiserver: None,
+            controller_manager: None,
+        };
+        let admin = layout::kubeconfig(
+            &cp.server_url(),
+            &cp.pki.ca_pem,
+            layout::ADMIN_USER,
+            &cp.admin_token,
+            "default",
+        );
+        write(&cp.files.admin_kubeconfig(), &admin.to_string())?;
+
+        cp.start_etcd().await?;
+        cp.start_apiserver().await?;
+        cp.start_controller_manager().await?;
+        Ok(cp)
+    }
+
+    async fn start_etcd(&mut self) -> Result<()> {
+        let etcd = Proc::spawn(
+            "etcd",
+            &self.bins.etcd,
+            &layout::etcd_args(&self.files, self.ports),
+            &[],
+            &self.files.dir,
+        )?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.ports.etcd_client));
+        eventually_while_running("etcd /health", STARTUP_TIMEOUT, &[&etcd], || async move {
+            match crate::httpc::get(addr, "/health", Duration::from_secs(5)).await {
+                Ok(r) if r.status == 200 && r.body.contains("true") => Ok(()),
+                Ok(r) => Err(format!("{} {}", r.status, r.body)),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await?;
+        self.etcd = Some(etcd);
+        Ok(())
+    }
+
+    /// Starts the API server (again, after [`Self::stop_apiserver`]) and waits for /readyz.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        if self.apiserver.is_some() {
+            return Ok(());
+        }
+        let apiserver = Proc::spawn(
+            "kube-apiserver",
+            &self.bins.apiserver,
+            &layout::apiserver_args(&self.files, self.ports),
+            &[],
+            &self.files.dir,
+        )?;
+        let client = self.admin_client().await?;
+        eventually_while_running(
+            "kube-apiserver /readyz",
+            STARTUP_TIMEOUT,
+            &[&apiserver],
+            || {
+                let client = client.clone();
+                async move {
+                    let req = http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .map_err(|e| e.to_string())?;
+                    match client.request_text(req).await {
+                        Ok(body) if body.trim() == "ok" => Ok(()),
+                        Ok(body) => Err(body),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+        )
+        .await?;
+        self.apiserver = Some(apiserver);
+        Ok(())
+    }
+
+    /// Stops the API server (SIGTERM, SIGKILL after 30 s); etcd and the controller-manager keep
+    /// running, so [`Self::start_apiserver`] brings the same cluster back.
+    pub async fn stop_apiserver(&mut self) -> Result<()> {
+        if let Some(p) = self.apiserver.take() {
+            p.stop(Duration::from_secs(30)).await?;
+        }
+        Ok(())
+    }
+
+    /// Kills the API server at once (SIGKILL): a crisp outage starting now, where a graceful
+    /// stop drains for up to ~30 s first.
+    pub fn kill_apiserver(&mut self) -> Result<()> {
+        if let Some(p) = self.apiserver.take() {
+            p.kill_and_reap()?;
+        }
+        Ok(())
+    }
+
+    async fn start_controller_manager(&mut self) -> Result<()> {
+        let kcm = Proc::spawn(
+            "kube-controller-manager",
+            &self.bins.controller_manager,
+            &layout::controller_manager_args(&self.files),
+            &[],
+            &self.files.dir,
+        )?;
+        let client = self.admin_client().await?;
+        // The tokens controller minting a Secret proves the controller-manager works.
+        eventually_while_running(
+            "the controller-manager to mint the default ServiceAccount's token",
+            STARTUP_TIMEOUT,
+            &[&kcm],
+            || {
+                let client = client.clone();
+                async move { sa_token(&client, "default", "default").await }
+            },
+        )
+        .await?;
+        self.controller_manager = Some(kcm);
+        Ok(())
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.ports.apiserver)
+    }
+
+    pub fn apiserver_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.apiserver))
+    }
+
+    /// The CA (PEM) that signed the API server's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.pki.ca_pem
+    }
+
+    /// The control plane's scratch directory (logs, kubeconfigs, certificates).
+    pub fn dir(&self) -> &Path {
+        &self.files.dir
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.files.admin_kubeconfig()
+    }
+
+    /// Pids of the running components (for the process-cleanup test).
+    pub fn pids(&self) -> Vec<u32> {
+        [&self.etcd, &self.apiserver, &self.controller_manager]
+            .iter()
+            .filter_map(|p| p.as_ref().map(|p| p.pid()))
+            .collect()
+    }
+
+    /// Fails with their output if any component has exited.
+    pub fn ensure_running(&self) -> Result<()> {
+        for p in [&self.etcd, &self.apiserver, &self.controller_manager]
+            .into_iter()
+            .flatten()
+        {
+            p.ensure_running()?;
+        }
+        Ok(())
+    }
+
+    /// The last lines of each component's output, for failure messages.
+    pub fn logs_tail(&self, n: usize) -> String {
+        [&self.etcd, &self.apiserver, &self.controller_manager]
+            .into_iter()
+            .flatten()
+            .map(|p| p.output_tail(n))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A client authenticated as the admin (group system:masters), bound to the calling runtime.
+    pub async fn admin_client(&self) -> Result<Client> {
+        client_from_kubeconfig(&self.files.admin_kubeconfig()).await
+    }
+
+    /// Creates a namespace `<prefix>-<random>` and waits until pods can be created in it (its
+    /// `default` ServiceAccount has a token: the 1.20 ServiceAccount admission needs it).
+    pub async fn create_namespace(&self, prefix: &str) -> Result<String> {
+        let name = format!("{prefix}-{}", procs::rand_suffix());
+        let client = self.admin_client().await?;
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name}
+        }))
+        .map_err(|e| fail("building a Namespace", e.to_string()))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .context(format!("creating namespace {name}"))?;
+        self.service_account_token(&name, "default").await?;
+        Ok(name)
+    }
+
+    /// Creates ServiceAccount `name` in `namespace` (AlreadyExists is fine).
+    pub async fn create_service_account(&self, namespace: &str, name: &str) -> Result<()> {
+        let client = self.admin_client().await?;
+        let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace}
+        }))
+        .map_err(|e| fail("building a ServiceAccount", e.to_string()))?;
+        match Api::<ServiceAccount>::namespaced(client, namespace)
+            .create(&PostParams::default(), &sa)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e).context(format!("creating ServiceAccount {namespace}/{name}")),
+        }
+    }
+
+    /// The token of a ServiceAccount, from the Secret the tokens controller creates (waits).
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
+        let client = self.admin_client().await?;
+        let (ns, sa) = (namespace.to_string(), name.to_string());
+        eventually(
+            &format!("a token Secret for ServiceAccount {namespace}/{name}"),
+            Duration::from_secs(120),
+            || {
+                let (client, ns, sa) = (client.clone(), ns.clone(), sa.clone());
+                async move { sa_token(&client, &ns, &sa).await }
+            },
+        )
+        .await
+    }
+
+    /// Writes a kubeconfig authenticating as ServiceAccount `namespace/name` (token from its
+    /// Secret) and returns its path; binaries under test run with `KUBECONFIG=<path>`.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token = self.service_account_token(namespace, name).await?;
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let kc = layout::kubeconfig(
+            &self.server_url(),
+            &self.pki.ca_pem,
+            &user,
+            &token,
+            namespace,
+        );
+        let path = self
+            .files
+            .dir
+            .join(format!("kubeconfig-{namespace}-{name}"));
+        write(&path, &kc.to_string())?;
+        Ok(path)
+    }
+
+    /// A client authenticated as ServiceAccount `namespace/name`, so RBAC applies for real.
+    pub async fn service_account_client(&self, namespace: &str, name: &str) -> Result<Client> {
+        let path = self.service_account_kubeconfig(namespace, name).await?;
+        client_from_kubeconfig(&path).await
+    }
+
+    /// Runs `kubectl --kubeconfig <admin> args…` with optional stdin.
+    pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<CmdOutput> {
+        let kubectl = find_on_path("kubectl").ok_or(Error::KubectlMissing)?;
+        let kubeconfig = self.files.admin_kubeconfig();
+        let mut cmd = tokio::process::Command::new(kubectl);
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let command = format!("kubectl {}", args.join(" "));
+        let mut child = cmd.spawn().context(format!("running {command}"))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            pipe.write_all(input.as_bytes())
+                .await
+                .context(format!("writing stdin of {command}"))?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .map_err(|_| fail(&command, "no exit within 120s"))?
+            .context(format!("running {command}"))?;
+        Ok(CmdOutput {
+            success: out.status.success(),
+            status: procs::describe(out.status),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// As [`Self::kubectl`], failing with stderr unless it exits 0; returns stdout.
+    pub async fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let out = self.kubectl(args, stdin).await?;
+        if out.success {
+            Ok(out.stdout)
+        } else {
+            Err(Error::Command {
+                command: format!("kubectl {}", args.join(" ")),
+                status: out.status,
+                stderr: out.stderr,
+            })
+        }
+    }
+
+    /// Stops everything (controller-manager, API server, etcd) and removes the directory.
+    pub async fn stop(mut self) -> Result<()> {
+        for p in [
+            self.controller_manager.take(),
+            self.apiserver.take(),
+            self.etcd.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            p.stop(Duration::from_secs(20)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Dependants first; Proc's own Drop SIGKILLs and reaps.
+        drop(self.controller_manager.take());
+        drop(self.apiserver.take());
+        drop(self.etcd.take());
+        let _ = std::fs::remove_dir_all(&self.files.dir);
+    }
+}
+
+/// A client from a kubeconfig file, bound to the calling runtime.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    let context = format!("loading kubeconfig {}", path.display());
+    let kc = Kubeconfig::read_from(path).map_err(|e| fail(&context, e.to_string()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| fail(&context, e.to_string()))?;
+    Client::try_from(config).context(context)
+}
+
+/// The token of `namespace/name`'s first token Secret, or why there is none yet.
+async fn sa_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> std::result::Result<String, String> {
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("ServiceAccount {namespace}/{name} does not exist yet"))?;
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    for r in sa.secrets.unwrap_or_default() {
+        let Some(secret_name) = r.name else { continue };
+        let Some(secret) = secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        if secret.type_.as_deref() != Some("kubernetes.io/service-account-token") {
+            continue;
+        }
+        if let Some(token) = secret.data.as_ref().and_then(|d| d.get("token")) {
+            return String::from_utf8(token.0.clone())
+                .map_err(|_| format!("Secret {namespace}/{secret_name} has a non-UTF-8 token"));
+        }
+    }
+    Err(format!(
+        "ServiceAccount {namespace}/{name} has no token Secret yet"
+    ))
+}
+
+/// The control plane shared by all tests of one test binary, started on first use. It is never
+/// dropped (statics are not): its processes die with the test process (see [`crate::procs`]).
+pub async fn shared() -> Result<&'static ControlPlane> {
+    static SHARED: tokio::sync::OnceCell<ControlPlane> = tokio::sync::OnceCell::const_new();
+    let cp = SHARED.get_or_try_init(ControlPlane::start).await?;
+    cp.ensure_running()?;
+    Ok(cp)
+}

@@ -1,0 +1,141 @@
+//! `webhook serve --self-provision` out of cluster: it creates its CA and serving certificate in
+//! the shipped Secret, patches the caBundle of the shipped MutatingWebhookConfiguration (pointed
+//! at loopback, without caBundle), and the API server then trusts it: a pod gets injected. Own
+//! test binary, so its configuration is the only one.
+
+use std::time::Duration;
+
+use base64::Engine;
+use contract::{annotations, deploy};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use testenv::webhook::{
+    Webhook, apply_shipped_rbac, loopback_webhook_configuration, shipped_webhook_configuration,
+};
+use testenv::{ControlPlane, Result, eventually, fail, procs};
+
+/// The caBundle of every entry, if all entries have the same one.
+fn ca_bundle(mwc: &MutatingWebhookConfiguration) -> Option<Vec<u8>> {
+    let bundles: Vec<Vec<u8>> = mwc
+        .webhooks
+        .iter()
+        .flatten()
+        .map(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .map(|b| b.0.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    match bundles.first() {
+        Some(b) if !b.is_empty() && bundles.iter().all(|x| x == b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn self_provisioned_certificate_is_trusted_by_the_api_server() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    apply_shipped_rbac(&cp).await?;
+    let admin = cp.admin_client().await?;
+    let dir = procs::scratch_dir("webhook-self")?;
+    let kubeconfig = cp
+        .service_account_kubeconfig(deploy::NAMESPACE, deploy::WEBHOOK_NAME)
+        .await?;
+    let webhook = Webhook::spawn(
+        &kubeconfig,
+        &[
+            "--self-provision".into(),
+            format!("--namespace={}", deploy::NAMESPACE),
+            "--extra-san=127.0.0.1".into(),
+            format!("--webhook-configuration={}", deploy::WEBHOOK_CONFIGURATION),
+            "--resync-interval=2s".into(),
+        ],
+        "webhook-self-provision",
+        &dir,
+    )?;
+    // The configuration as an operator applies it: no caBundle.
+    let mwc = loopback_webhook_configuration(
+        &shipped_webhook_configuration().await?,
+        deploy::WEBHOOK_CONFIGURATION,
+        &webhook.url(),
+        None,
+    )?;
+    let mwc: MutatingWebhookConfiguration = serde_json::from_value(mwc)
+        .map_err(|e| fail("the adapted configuration", e.to_string()))?;
+    let mwcs = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    mwcs.create(&PostParams::default(), &mwc)
+        .await
+        .map_err(|e| fail("creating the MutatingWebhookConfiguration", e.to_string()))?;
+
+    let outcome: Result<()> = async {
+        // The Secret holds the CA; the caBundle of every entry is that CA.
+        let secrets = Api::<Secret>::namespaced(admin.clone(), deploy::NAMESPACE);
+        let ca = eventually("the webhook's Secret with ca.crt", Duration::from_secs(60), || async {
+            let s = secrets.get_opt(deploy::TLS_SECRET).await.map_err(|e| e.to_string())?;
+            s.and_then(|s| s.data).and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
+                .ok_or_else(|| format!("no Secret {}/{} with ca.crt yet", deploy::NAMESPACE, deploy::TLS_SECRET))
+        })
+        .await?;
+        let bundle = eventually("the caBundle to be patched", Duration::from_secs(60), || async {
+            let m = mwcs.get(deploy::WEBHOOK_CONFIGURATION).await.map_err(|e| e.to_string())?;
+            ca_bundle(&m).ok_or_else(|| "caBundle not set on every entry".to_string())
+        })
+        .await?;
+        assert_eq!(bundle, ca, "caBundle is the Secret's CA");
+        let ca_pem = String::from_utf8(ca).map_err(|_| fail("ca.crt", "not UTF-8 PEM"))?;
+        webhook.wait_ready(&ca_pem, Duration::from_secs(60)).await?;
+
+        // The API server accepts the webhook's certificate: an annotated pod gets injected.
+        let ns = cp.create_namespace("webhook-self").await?;
+        let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "p"}, "annotations": {annotations::ENABLED: "true"}},
+            "spec": {"containers": [{"name": "nginx", "image": "nginx:1.25"}]}
+        }))
+        .map_err(|e| fail("pod", e.to_string()))?;
+        // Retried: the API server loads a changed configuration asynchronously.
+        let created = eventually("an annotated pod to be admitted through the webhook", Duration::from_secs(60), || async {
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(p) => Ok(p),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await?;
+        let ann = created.metadata.annotations.unwrap_or_default();
+        assert_eq!(ann.get(annotations::STATUS).map(String::as_str), Some(annotations::STATUS_INJECTED));
+        let names: Vec<String> = created.spec.map(|s| s.containers.into_iter().map(|c| c.name).collect()).unwrap_or_default();
+        assert!(names.iter().any(|n| n == contract::CONTAINER_NAME), "containers {names:?}");
+
+        // An operator re-applies the manifest (no caBundle): the webhook writes it again.
+        let cleared = serde_json::json!({"webhooks": mwc.webhooks.iter().flatten().map(|w| serde_json::json!({
+            "name": w.name, "clientConfig": {"url": webhook.url(), "caBundle": null}
+        })).collect::<Vec<_>>()});
+        // Strategic merge keys webhooks by name.
+        let patched = mwcs
+            .patch(deploy::WEBHOOK_CONFIGURATION, &PatchParams::default(), &Patch::Strategic(&cleared))
+            .await
+            .map_err(|e| fail("clearing the caBundle", e.to_string()))?;
+        assert!(ca_bundle(&patched).is_none(), "the re-apply cleared the caBundle");
+        let restored = eventually("the caBundle to be restored", Duration::from_secs(90), || async {
+            let m = mwcs.get(deploy::WEBHOOK_CONFIGURATION).await.map_err(|e| e.to_string())?;
+            ca_bundle(&m).ok_or_else(|| "caBundle still cleared".to_string())
+        })
+        .await?;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(&restored),
+            base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes()),
+            "the same CA again"
+        );
+        Ok(())
+    }
+    .await;
+    outcome.map_err(|e| {
+        fail(
+            e.to_string(),
+            format!("webhook output:\n{}", webhook.proc.output_tail(40)),
+        )
+    })
+}
