@@ -173,6 +173,7 @@ pub async fn review<C: Cluster>(state: &AppState<C>, body: &[u8]) -> Reply {
         namespace = %namespace,
         kind = %req.kind.kind,
         name = tracing::field::Empty,
+        workload = tracing::field::Empty,
     );
     let (outcome, body) = dispatch(state, req, &namespace).instrument(span).await;
     state
@@ -225,7 +226,15 @@ async fn dispatch<C: Cluster>(
         .as_deref()
         .or(object.metadata.generate_name.as_deref())
         .unwrap_or_default();
-    tracing::Span::current().record("name", name);
+    // The workload a log line is about: the pod's owner (a ReplicaSet reported as its
+    // Deployment), or the Deployment/StatefulSet itself.
+    let owner = match patch::owning_workload(&object.metadata) {
+        Some((kind, owner)) if is_pod => format!("{kind}/{owner}"),
+        _ => format!("{}/{name}", req.kind.kind),
+    };
+    let span = tracing::Span::current();
+    span.record("name", name);
+    span.record("workload", owner.as_str());
     if is_pod {
         pod(state, &req, object, namespace).await
     } else {

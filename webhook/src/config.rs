@@ -37,6 +37,15 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 5s, 10m, 365d)"))
 }
 
+/// A period or lifetime: zero would make a timer spin (tokio panics on a zero interval) or a
+/// certificate expire at birth.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be greater than zero (e.g. 5s, 10m, 365d)".into()),
+        d => Ok(d),
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to serve HTTPS on.
@@ -58,7 +67,7 @@ pub struct ServeArgs {
     pub tls_key_file: Option<PathBuf>,
 
     /// How often the certificate files are checked for changes.
-    #[arg(long, env = "WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub cert_reload_interval: Duration,
 
     /// Generate a CA and serving certificate, share them through --tls-secret and keep the
@@ -87,7 +96,7 @@ pub struct ServeArgs {
     pub webhook_configuration: String,
 
     /// Lifetime of a self-provisioned certificate.
-    #[arg(long, env = "WEBHOOK_CERT_VALIDITY", default_value = "365d", value_parser = duration)]
+    #[arg(long, env = "WEBHOOK_CERT_VALIDITY", default_value = "365d", value_parser = positive_duration)]
     pub cert_validity: Duration,
 
     /// Regenerate a self-provisioned certificate when less than this is left.
@@ -96,7 +105,7 @@ pub struct ServeArgs {
 
     /// How often the Secret and the caBundle are checked again (an operator may re-apply the
     /// configuration without caBundle; another replica may rotate the certificate).
-    #[arg(long, env = "WEBHOOK_RESYNC_INTERVAL", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "WEBHOOK_RESYNC_INTERVAL", default_value = "30s", value_parser = positive_duration)]
     pub resync_interval: Duration,
 
     /// Image of the injected elector.
@@ -114,7 +123,7 @@ pub struct ServeArgs {
     pub native_sidecar: NativeMode,
 
     /// How often `auto` re-checks the API server and kubelet versions.
-    #[arg(long, env = "WEBHOOK_NATIVE_SIDECAR_REFRESH", default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "WEBHOOK_NATIVE_SIDECAR_REFRESH", default_value = "60s", value_parser = positive_duration)]
     pub native_sidecar_refresh: Duration,
 
     /// How long an ensured ServiceAccount/RoleBinding is trusted before it is checked again.
@@ -136,6 +145,28 @@ pub struct ServeArgs {
 
     #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Checks what clap cannot express; the message names the flags to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tls_cert_file.is_none() && !self.self_provision {
+            return Err(
+                "choose a certificate source: --tls-cert-file and --tls-key-file, or \
+                 --self-provision"
+                    .into(),
+            );
+        }
+        if self.self_provision && self.cert_renew_before >= self.cert_validity {
+            return Err(format!(
+                "--cert-renew-before ({}) must be shorter than --cert-validity ({}), or every \
+                 resync would generate a new certificate",
+                humantime::format_duration(self.cert_renew_before),
+                humantime::format_duration(self.cert_validity)
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -223,5 +254,29 @@ mod tests {
         assert!(parse(&["serve", "--elector-image-pull-policy", "Sometimes"]).is_err());
         assert!(parse(&["certs"]).is_err());
         assert!(parse(&["certs", "--out-dir", "d", "--validity-days", "0"]).is_err());
+        for flag in [
+            "--cert-reload-interval",
+            "--cert-validity",
+            "--resync-interval",
+            "--native-sidecar-refresh",
+        ] {
+            let e = parse(&["serve", "--self-provision", flag, "0s"]).unwrap_err();
+            assert!(e.to_string().contains("greater than zero"), "{flag}: {e}");
+        }
+        assert!(parse(&["serve", "--self-provision", "--shutdown-delay", "0s"]).is_ok());
+    }
+
+    #[test]
+    fn cross_flag_checks() {
+        let serve = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Serve(s) => s.validate(),
+            Command::Certs(_) => panic!("not serve"),
+        };
+        let e = serve(&["serve"]).unwrap_err();
+        assert!(e.contains("--self-provision"), "{e}");
+        serve(&["serve", "--self-provision"]).unwrap();
+        serve(&["serve", "--tls-cert-file", "c", "--tls-key-file", "k"]).unwrap();
+        let e = serve(&["serve", "--self-provision", "--cert-validity", "10d"]).unwrap_err();
+        assert!(e.contains("--cert-renew-before (30days)"), "{e}");
     }
 }

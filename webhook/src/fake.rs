@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{RoleBinding, Subject};
@@ -26,6 +27,8 @@ pub struct FakeState {
     pub calls: Vec<String>,
     /// Calls (by method name) that fail once with the given error before behaving normally.
     pub fail_once: BTreeMap<String, ApiError>,
+    /// How long every call takes (a slow API server), e.g. to keep a request in flight.
+    pub latency: Duration,
     next_rv: u64,
 }
 
@@ -51,13 +54,19 @@ impl FakeCluster {
         self.with(|s| s.calls.clear());
     }
 
-    fn call(&self, method: &str, what: String) -> ApiResult<()> {
-        self.with(|s| {
+    /// Records the call (so a test sees it while it is in flight), waits the latency, then
+    /// fails if asked to.
+    async fn call(&self, method: &str, what: String) -> ApiResult<()> {
+        let latency = self.with(|s| {
             s.calls.push(format!("{method} {what}"));
-            match s.fail_once.remove(method) {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
+            s.latency
+        });
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        self.with(|s| match s.fail_once.remove(method) {
+            Some(e) => Err(e),
+            None => Ok(()),
         })
     }
 }
@@ -71,7 +80,8 @@ impl FakeState {
 
 impl Cluster for FakeCluster {
     async fn service_account_exists(&self, ns: &str, name: &str) -> ApiResult<bool> {
-        self.call("service_account_exists", format!("{ns}/{name}"))?;
+        self.call("service_account_exists", format!("{ns}/{name}"))
+            .await?;
         Ok(self.with(|s| {
             s.service_accounts
                 .contains(&(ns.to_string(), name.to_string()))
@@ -79,7 +89,8 @@ impl Cluster for FakeCluster {
     }
 
     async fn create_service_account(&self, ns: &str, name: &str) -> ApiResult<()> {
-        self.call("create_service_account", format!("{ns}/{name}"))?;
+        self.call("create_service_account", format!("{ns}/{name}"))
+            .await?;
         self.with(|s| {
             let key = (ns.to_string(), name.to_string());
             if s.service_accounts.contains(&key) {
@@ -91,7 +102,8 @@ impl Cluster for FakeCluster {
     }
 
     async fn get_role_binding(&self, ns: &str, name: &str) -> ApiResult<Option<RoleBinding>> {
-        self.call("get_role_binding", format!("{ns}/{name}"))?;
+        self.call("get_role_binding", format!("{ns}/{name}"))
+            .await?;
         Ok(self.with(|s| {
             s.role_bindings
                 .get(&(ns.to_string(), name.to_string()))
@@ -101,7 +113,8 @@ impl Cluster for FakeCluster {
 
     async fn create_role_binding(&self, ns: &str, mut rb: RoleBinding) -> ApiResult<()> {
         let name = rb.metadata.name.clone().unwrap_or_default();
-        self.call("create_role_binding", format!("{ns}/{name}"))?;
+        self.call("create_role_binding", format!("{ns}/{name}"))
+            .await?;
         self.with(|s| {
             let key = (ns.to_string(), name);
             if s.role_bindings.contains_key(&key) {
@@ -120,7 +133,8 @@ impl Cluster for FakeCluster {
         resource_version: &str,
         subjects: Vec<Subject>,
     ) -> ApiResult<()> {
-        self.call("set_role_binding_subjects", format!("{ns}/{name}"))?;
+        self.call("set_role_binding_subjects", format!("{ns}/{name}"))
+            .await?;
         self.with(|s| {
             let rv = s.rv();
             let rb = s
@@ -137,23 +151,23 @@ impl Cluster for FakeCluster {
     }
 
     async fn server_version(&self) -> ApiResult<String> {
-        self.call("server_version", String::new())?;
+        self.call("server_version", String::new()).await?;
         Ok(self.with(|s| s.server_version.clone()))
     }
 
     async fn kubelet_versions(&self) -> ApiResult<Vec<String>> {
-        self.call("kubelet_versions", String::new())?;
+        self.call("kubelet_versions", String::new()).await?;
         Ok(self.with(|s| s.kubelets.clone()))
     }
 
     async fn get_secret(&self, ns: &str, name: &str) -> ApiResult<Option<Secret>> {
-        self.call("get_secret", format!("{ns}/{name}"))?;
+        self.call("get_secret", format!("{ns}/{name}")).await?;
         Ok(self.with(|s| s.secrets.get(&(ns.to_string(), name.to_string())).cloned()))
     }
 
     async fn create_secret(&self, ns: &str, mut secret: Secret) -> ApiResult<()> {
         let name = secret.metadata.name.clone().unwrap_or_default();
-        self.call("create_secret", format!("{ns}/{name}"))?;
+        self.call("create_secret", format!("{ns}/{name}")).await?;
         self.with(|s| {
             let key = (ns.to_string(), name);
             if s.secrets.contains_key(&key) {
@@ -167,7 +181,7 @@ impl Cluster for FakeCluster {
 
     async fn replace_secret(&self, ns: &str, mut secret: Secret) -> ApiResult<()> {
         let name = secret.metadata.name.clone().unwrap_or_default();
-        self.call("replace_secret", format!("{ns}/{name}"))?;
+        self.call("replace_secret", format!("{ns}/{name}")).await?;
         self.with(|s| {
             let rv = s.rv();
             let key = (ns.to_string(), name);
@@ -182,7 +196,7 @@ impl Cluster for FakeCluster {
     }
 
     async fn get_webhooks(&self, configuration: &str) -> ApiResult<Option<Vec<WebhookEntry>>> {
-        self.call("get_webhooks", configuration.to_string())?;
+        self.call("get_webhooks", configuration.to_string()).await?;
         Ok(self.with(|s| s.webhooks.get(configuration).cloned()))
     }
 
@@ -192,7 +206,8 @@ impl Cluster for FakeCluster {
         entries: &[(usize, String)],
         ca: &[u8],
     ) -> ApiResult<()> {
-        self.call("set_ca_bundles", configuration.to_string())?;
+        self.call("set_ca_bundles", configuration.to_string())
+            .await?;
         self.with(|s| {
             let list = s
                 .webhooks

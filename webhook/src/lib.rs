@@ -99,12 +99,7 @@ fn certs_command(args: &CertsArgs) -> Result<()> {
 async fn serve(args: ServeArgs) -> Result<()> {
     // kube and the server must agree on one rustls crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if args.tls_cert_file.is_none() && !args.self_provision {
-        return Err(Error::Config(
-            "choose a certificate source: --tls-cert-file and --tls-key-file, or --self-provision"
-                .into(),
-        ));
-    }
+    args.validate().map_err(Error::Config)?;
     let cluster = Arc::new(KubeCluster::infer().await?);
     let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(CertResolver::default());
@@ -167,26 +162,31 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )));
     }
 
-    if args.native_sidecar == NativeMode::Auto {
-        if let Err(e) = state.native.refresh(cluster.as_ref()).await {
-            tracing::warn!(error = %e, "cannot tell whether native sidecars are supported; injecting regular containers until known");
-        }
-        let (native, cluster, every) = (
-            state.native.clone(),
-            cluster.clone(),
-            args.native_sidecar_refresh,
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = native.refresh(cluster.as_ref()).await {
-                    tracing::warn!(error = %e, "native sidecar support not refreshed");
-                }
-            }
-        }));
+    // Probed whatever --native-sidecar says: a pod annotated `native-sidecar: auto` relies on it
+    // even when the webhook's own default is `always` or `never`.
+    if let Err(e) = state.native.refresh(cluster.as_ref()).await {
+        let until_known = if args.native_sidecar == NativeMode::Auto {
+            "injecting regular containers until known"
+        } else {
+            "pods annotated native-sidecar=auto get regular containers until known"
+        };
+        tracing::warn!(error = %e, "cannot tell whether native sidecars are supported; {until_known}");
     }
+    let (native, probe_cluster, every) = (
+        state.native.clone(),
+        cluster.clone(),
+        args.native_sidecar_refresh,
+    );
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = native.refresh(probe_cluster.as_ref()).await {
+                tracing::warn!(error = %e, "native sidecar support not refreshed");
+            }
+        }
+    }));
 
     let tls_config = Arc::new(tls::server_config(resolver.clone())?);
     let listener = server::bind(args.listen).await?;

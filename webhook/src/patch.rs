@@ -89,15 +89,33 @@ fn elector_container(pod: &Pod) -> Option<&Container> {
     all_containers(pod).find(|c| c.name == contract::CONTAINER_NAME)
 }
 
-/// Whether the elector was injected already (status annotation or container present).
+/// Whether the elector was injected already. The container decides, not the status annotation:
+/// a pod copied from an injected one (annotation kept, container dropped) asked for an elector
+/// and must get one.
 pub fn is_injected(pod: &Pod) -> bool {
-    let annotated = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ann::STATUS))
-        .is_some_and(|v| v == ann::STATUS_INJECTED);
-    annotated || elector_container(pod).is_some()
+    elector_container(pod).is_some()
+}
+
+/// The workload that owns a pod, as (kind, name): a ReplicaSet owner carrying the pod's
+/// `pod-template-hash` is reported as its Deployment (the name minus `-<hash>`), so the answer is
+/// the same across rollouts. Prefers the controller reference.
+pub fn owning_workload(meta: &ObjectMeta) -> Option<(&str, &str)> {
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    let o = owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first())?;
+    if o.kind == "ReplicaSet" {
+        let hash = meta.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH));
+        if let Some(deployment) = hash
+            .filter(|h| !h.is_empty())
+            .and_then(|h| o.name.strip_suffix(h.as_str()))
+            .and_then(|n| n.strip_suffix('-'))
+        {
+            return Some(("Deployment", deployment));
+        }
+    }
+    Some((o.kind.as_str(), o.name.as_str()))
 }
 
 /// Lease name: annotation, else the owning workload, else the app labels. Never the pod's name
@@ -106,29 +124,10 @@ pub fn resolve_lease(meta: &ObjectMeta, settings: &PodSettings) -> Result<String
     if let Some(name) = &settings.lease_name {
         return Ok(name.clone());
     }
-    let owners = meta.owner_references.as_deref().unwrap_or_default();
-    let owner = owners
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .or_else(|| owners.first());
-    if let Some(o) = owner {
-        let name = if o.kind == "ReplicaSet" {
-            // Deployment pods: strip the hash so the Lease survives rollouts.
-            let hash = meta.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH));
-            match hash {
-                Some(h) if !h.is_empty() => o
-                    .name
-                    .strip_suffix(h.as_str())
-                    .and_then(|n| n.strip_suffix('-'))
-                    .unwrap_or(&o.name),
-                _ => &o.name,
-            }
-        } else {
-            &o.name
-        };
-        if settings::is_dns_subdomain(name) {
-            return Ok(name.to_string());
-        }
+    if let Some((_, name)) = owning_workload(meta)
+        && settings::is_dns_subdomain(name)
+    {
+        return Ok(name.to_string());
     }
     let labels = meta.labels.as_ref();
     for key in ["app.kubernetes.io/name", "app"] {
@@ -450,6 +449,14 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Why pods with these template annotations would be refused (bad opt-in or setting values).
+fn template_refusal(annotations: &BTreeMap<String, String>) -> Result<(), Denial> {
+    if settings::enabled(Some(annotations))? {
+        settings::parse_settings(Some(annotations))?;
+    }
+    Ok(())
+}
+
 /// Copies `leader-election/*` annotations of a Deployment or StatefulSet into its pod template
 /// and removes those it propagated earlier that are gone from the workload. No change, no patch:
 /// a needless template change would start a rollout.
@@ -489,6 +496,14 @@ pub fn mutate_workload(obj: &Value) -> Result<WorkloadMutation, Denial> {
         }
     }
     if copied.is_empty() && previously.is_empty() {
+        // Nothing of ours to change, but say so now if the template's own annotations will get
+        // every pod refused (otherwise only the ReplicaSet's events would tell).
+        if let Err(d) = template_refusal(&old) {
+            out.warnings.push(format!(
+                "the pods of this workload will be refused: {d}; fix the pod template's \
+                 annotations"
+            ));
+        }
         return Ok(out);
     }
 
@@ -514,13 +529,8 @@ pub fn mutate_workload(obj: &Value) -> Result<WorkloadMutation, Denial> {
     }
 
     // Refuse values the pods would be refused for, while the user is still at the keyboard.
-    let check = || -> Result<(), Denial> {
-        if settings::enabled(Some(&new))? {
-            settings::parse_settings(Some(&new))?;
-        }
-        Ok(())
-    };
-    check().map_err(|d| Denial(format!("the pod template would be refused: {d}")))?;
+    template_refusal(&new)
+        .map_err(|d| Denial(format!("the pod template would be refused: {d}")))?;
 
     let mut ops = Vec::new();
     match tmpl_ann_value.and_then(Value::as_object) {

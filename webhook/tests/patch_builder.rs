@@ -561,15 +561,22 @@ fn reinvocation_only_adds_missing_env() {
 }
 
 #[test]
-fn status_annotation_alone_counts_as_injected() {
+fn status_annotation_without_the_container_still_gets_the_elector() {
+    // E.g. a pod spec copied from an injected pod with the sidecar removed.
     let mut input = deployment_pod();
     input["metadata"]["annotations"][ann::STATUS] = json!(ann::STATUS_INJECTED);
     let out = apply(&input, &regular()).unwrap();
-    assert!(find(&out["spec"]["containers"], contract::CONTAINER_NAME).is_none());
-    // The app still gets its env vars, with the lease from the owner.
+    assert!(find(&out["spec"]["containers"], contract::CONTAINER_NAME).is_some());
     assert_eq!(
         env(&containers(&out)[0], "LEADER_ELECTION_LEASE_NAME").unwrap()["value"],
         "my-app"
+    );
+    // And only once.
+    assert!(
+        patch::mutate_pod(&pod(&out), &regular())
+            .unwrap()
+            .patch
+            .is_none()
     );
 }
 
@@ -758,4 +765,24 @@ fn unknown_workload_keys_warn_and_are_not_copied() {
         "{:?}",
         m.warnings
     );
+}
+
+#[test]
+fn a_bad_template_annotation_is_warned_about_on_the_workload() {
+    // Nothing to propagate, but every pod would be refused: say so on the Deployment.
+    let input = deployment(
+        json!({}),
+        Some(json!({"leader-election/enabled": "true", "leader-election/port": "80"})),
+    );
+    let m = patch::mutate_workload(&input).unwrap();
+    assert!(m.patch.is_none());
+    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+    assert!(
+        m.warnings[0].contains(ann::PORT) && m.warnings[0].contains("1024 and 65535"),
+        "{:?}",
+        m.warnings
+    );
+    // A fine template gets no warning.
+    let input = deployment(json!({}), Some(json!({"leader-election/enabled": "true"})));
+    assert!(patch::mutate_workload(&input).unwrap().warnings.is_empty());
 }

@@ -1,110 +1,14 @@
 //! The axum router in-process (no TLS) with AdmissionReview fixtures and an in-memory cluster
 //! that records every API call.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use base64::Engine;
-use serde_json::{Value, json};
-use tower::ServiceExt;
-use webhook::admission::{AppState, InjectConfig, ReviewResponse};
-use webhook::fake::FakeCluster;
-use webhook::metrics::{Metrics, Outcome};
-use webhook::settings::NativeMode;
-use webhook::tls::CertResolver;
-
-const MAX_BODY: usize = 256 * 1024;
-
-struct App {
-    router: Router,
-    cluster: Arc<FakeCluster>,
-    state: Arc<AppState<FakeCluster>>,
-}
-
-fn app() -> App {
-    let cluster = Arc::new(FakeCluster::new());
-    let state = Arc::new(AppState::new(
-        cluster.clone(),
-        InjectConfig {
-            image: "example.test/elector:1".into(),
-            image_pull_policy: "IfNotPresent".into(),
-            native_mode: NativeMode::Auto,
-        },
-        Arc::new(Metrics::new()),
-        Arc::new(CertResolver::default()),
-        Duration::from_secs(600),
-    ));
-    App {
-        router: webhook::server::router(state.clone(), MAX_BODY),
-        cluster,
-        state,
-    }
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn fixture_json(name: &str) -> Value {
-    serde_json::from_slice(&fixture(name)).expect("fixture is JSON")
-}
-
-async fn send(router: &Router, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .unwrap();
-    let resp = router.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (status, bytes.to_vec())
-}
-
-async fn review(app: &App, body: Vec<u8>) -> ReviewResponse {
-    let (status, bytes) = send(&app.router, "POST", "/mutate", body).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&bytes)
-    );
-    let r: ReviewResponse = serde_json::from_slice(&bytes).expect("an AdmissionReview");
-    assert_eq!(r.api_version, "admission.k8s.io/v1");
-    assert_eq!(r.kind, "AdmissionReview");
-    r
-}
-
-/// Posts a fixture; returns the response and the request object with the patch applied.
-async fn admit(app: &App, name: &str) -> (ReviewResponse, Value) {
-    let input = fixture_json(name);
-    let r = review(app, fixture(name)).await;
-    assert_eq!(r.response.uid, input["request"]["uid"], "uid echoed");
-    let mut obj = input["request"]["object"].clone();
-    if let Some(p) = &r.response.patch {
-        assert_eq!(r.response.patch_type.as_deref(), Some("JSONPatch"));
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(p)
-            .expect("base64 patch");
-        let patch: json_patch::Patch = serde_json::from_slice(&raw).expect("JSON patch");
-        json_patch::patch(&mut obj, &patch).expect("patch applies to the request object");
-    }
-    (r, obj)
-}
-
-fn container<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
-    pod["spec"]["containers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == name)
-}
+use axum::http::StatusCode;
+use serde_json::json;
+use support::*;
+use webhook::metrics::Outcome;
 
 #[tokio::test]
 async fn generate_name_pod_is_injected_and_rbac_ensured_once() {

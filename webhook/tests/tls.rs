@@ -65,15 +65,35 @@ async fn connect(
     TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await
 }
 
-/// One HTTP/1.1 request on a kept-alive connection; returns (status line, body).
+/// One HTTP/1.1 GET on a kept-alive connection; returns (status line, body).
 async fn get(tls: &mut TlsStream<TcpStream>, path: &str) -> (String, String) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    tls.write_all(req.as_bytes()).await.unwrap();
+    request(tls, "GET", path, b"").await.expect("a response")
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; returns (status line, body), or an error
+/// when the server closes the connection first.
+async fn request(
+    tls: &mut TlsStream<TcpStream>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(String, String), String> {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(body).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let n = tls.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed mid-response");
+        let n = tls.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed mid-response".into());
+        }
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf).to_string();
         if let Some(end) = text.find("\r\n\r\n") {
@@ -88,7 +108,7 @@ async fn get(tls: &mut TlsStream<TcpStream>, path: &str) -> (String, String) {
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 let status = head.lines().next().unwrap().to_string();
-                return (status, text[end + 4..end + 4 + len].to_string());
+                return Ok((status, text[end + 4..end + 4 + len].to_string()));
             }
         }
     }
@@ -201,4 +221,132 @@ async fn serves_https_and_reloads_a_swapped_secret_without_restart() {
         .unwrap();
     assert!(connect(addr, &b.ca_pem).await.is_err(), "listener closed");
     watcher.abort();
+}
+
+/// A server on 127.0.0.1 whose fake API server answers every call after `latency`.
+struct Server {
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    cluster: Arc<FakeCluster>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<webhook::error::Result<()>>,
+}
+
+async fn start_server(latency: Duration, grace: Duration) -> Server {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let b = bundle();
+    let resolver = Arc::new(CertResolver::default());
+    resolver.set(webhook::tls::certified_key(b.cert_pem.as_bytes(), b.key_pem.as_bytes()).unwrap());
+    let cluster = Arc::new(FakeCluster::new());
+    cluster.with(|s| s.latency = latency);
+    let state = Arc::new(AppState::new(
+        cluster.clone(),
+        InjectConfig {
+            image: "img".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            native_mode: NativeMode::Never,
+        },
+        Arc::new(Metrics::new()),
+        resolver.clone(),
+        DAY,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(webhook::server::serve_tls(
+        listener,
+        webhook::server::router(state, 1024 * 1024),
+        Arc::new(webhook::tls::server_config(resolver).unwrap()),
+        async {
+            let _ = stopped.await;
+        },
+        grace,
+    ));
+    Server {
+        addr,
+        ca_pem: b.ca_pem,
+        cluster,
+        stop,
+        task,
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// Waits until the fake API server has seen a call: the admission is in flight.
+async fn wait_in_flight(cluster: &FakeCluster) {
+    for _ in 0..100 {
+        if !cluster.calls().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the admission never reached the API server");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_an_in_flight_admission() {
+    // The first pod of a namespace makes 4 API calls (SA get/create, RoleBinding get/create).
+    let server = start_server(Duration::from_millis(300), Duration::from_secs(10)).await;
+    let mut conn = connect(server.addr, &server.ca_pem).await.unwrap();
+    let body = fixture("pod-generatename.json");
+    let pending = tokio::spawn(async move {
+        let r = request(&mut conn, "POST", "/mutate", &body).await;
+        (r, std::time::Instant::now())
+    });
+    wait_in_flight(&server.cluster).await;
+    server.stop.send(()).unwrap();
+    // New connections are refused at once, while the admission is still running.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !server.task.is_finished(),
+        "returned with a request in flight"
+    );
+    assert!(
+        connect(server.addr, &server.ca_pem).await.is_err(),
+        "listener closed on shutdown"
+    );
+    let (response, answered) = pending.await.unwrap();
+    let (status, body) = response.expect("the in-flight admission is answered");
+    assert!(status.contains("200"), "{status}");
+    let review: webhook::admission::ReviewResponse = serde_json::from_str(&body).unwrap();
+    assert!(review.response.allowed, "{body}");
+    assert!(review.response.patch.is_some(), "{body}");
+    assert_eq!(
+        server.cluster.calls().len(),
+        4,
+        "{:?}",
+        server.cluster.calls()
+    );
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("server stops once the request is answered")
+        .unwrap()
+        .unwrap();
+    assert!(answered.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_requests_after_the_grace_period() {
+    let server = start_server(Duration::from_secs(30), Duration::from_millis(300)).await;
+    let mut conn = connect(server.addr, &server.ca_pem).await.unwrap();
+    let body = fixture("pod-generatename.json");
+    let pending = tokio::spawn(async move { request(&mut conn, "POST", "/mutate", &body).await });
+    wait_in_flight(&server.cluster).await;
+    let started = std::time::Instant::now();
+    server.stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("a stuck request cannot hold shutdown past the grace period")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // `main` returns next, which ends the runtime and with it the stuck connection.
+    pending.abort();
 }
