@@ -6,6 +6,7 @@
 //! a test that restarts the API server starts its own ([`ControlPlane::start`]).
 
 pub mod control_plane;
+pub mod demo;
 pub mod elector;
 pub mod error;
 pub mod httpc;
