@@ -92,8 +92,13 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Writes through a temporary file and a rename, so a process reading `path` (a kubeconfig
+/// rewritten while an elector starts) never sees it half-written.
 fn write(path: &Path, content: &str) -> Result<()> {
-    std::fs::write(path, content).context(format!("writing {}", path.display()))
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, content)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .context(format!("writing {}", path.display()))
 }
 
 /// Output of a finished command.

@@ -89,23 +89,6 @@ pub fn parse_args(
     }))
 }
 
-/// A project binary next to the running demo (`target/debug/{elector,webhook}`).
-pub fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the demo executable")?;
-    let path = exe
-        .parent()
-        .map(|d| d.join(name))
-        .unwrap_or_else(|| PathBuf::from(name));
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Error::ProjectBinaryMissing {
-            name: name.to_string(),
-            path,
-        })
-    }
-}
-
 /// The command line of the demo's elector process for one pod: the injected container's args,
 /// with the identity and namespace the downward API would give it, a loopback HTTP address (all
 /// "pods" share this machine) and, with `timings`, those timings instead of the injected ones.
@@ -764,8 +747,8 @@ fn print_summary(ui: &Ui, s: &Summary, total: Duration, cleanup: &str) {
 /// is dropped (failure, interruption).
 pub async fn run(opts: Options, ui: &Ui) -> Result<Summary> {
     let mut summary = Summary::default();
-    let elector_bin = sibling_binary("elector")?;
-    let webhook_bin = sibling_binary("webhook")?;
+    let elector_bin = crate::project_binary("elector")?;
+    let webhook_bin = crate::project_binary("webhook")?;
 
     ui.step(1, "start a local control plane", &[
         "etcd + kube-apiserver 1.20.2 + kube-controller-manager on free loopback ports. There is no",

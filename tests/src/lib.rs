@@ -32,20 +32,20 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// A project binary (`elector`, `webhook`) from the target directory the tests were built in.
-/// The test command builds them first (`cargo build --bins`); missing → a clear error.
+/// A project binary (`elector`, `webhook`) from the target directory this executable was built
+/// in: integration tests run from `<target>/<profile>/deps/`, the demo and the bench from
+/// `<target>/<profile>/`. The test command builds them first (`cargo build --bins`); missing → a
+/// clear error.
 pub fn project_binary(name: &str) -> Result<PathBuf> {
-    // Integration tests run from <target>/<profile>/deps/<test>-<hash>.
     let exe = std::env::current_exe().map_err(|e| Error::Io {
-        context: "locating the test executable".into(),
+        context: "locating the running executable".into(),
         source: e,
     })?;
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let path = profile_dir.join(name);
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
     if path.is_file() {
         Ok(path)
     } else {
