@@ -10,6 +10,7 @@ pub mod config;
 pub mod election;
 pub mod error;
 pub mod http;
+pub mod label;
 pub mod runner;
 pub mod store;
 
@@ -18,7 +19,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tracing::level_filters::LevelFilter;
+use tracing::{Level, error, info, warn};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Ambient, Args, Config, LogFormat};
 use crate::election::Candidate;
@@ -68,16 +73,58 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG").ok();
+    let (filter, bad) = match log_filter(spec.as_deref()) {
+        Ok(f) => (f, None),
+        Err(e) => (default_log_filter(), Some(e)),
+    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(LevelFilter::TRACE);
     match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Plain => builder.finish().with(filter).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .init(),
     }
+    if let Some(e) = bad {
+        warn!("{e}");
+    }
+}
+
+/// kube's request tracing logs every failed request at error level as a bare "client error
+/// (Connect)"; the elector logs one line with the cause and the fix instead.
+const KUBE_REQUEST_TRACE: &str = "kube_client::client::builder";
+
+/// `RUST_LOG` as `level` or `target=level,…` (no span or field filters: the regex engine they
+/// need would make up a sizeable part of this small binary's resident memory). Unset or empty
+/// means `info`. kube's per-request error lines stay off unless `RUST_LOG` names `kube_client`
+/// or asks for debug.
+pub fn log_filter(spec: Option<&str>) -> Result<Targets, String> {
+    let Some(s) = spec.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(default_log_filter());
+    };
+    let targets = s.parse::<Targets>().map_err(|e| {
+        format!(
+            "ignoring RUST_LOG={s:?} ({e}); logging at info. Use a level (e.g. debug) or \
+             target=level pairs (e.g. info,elector=debug)"
+        )
+    })?;
+    if s.contains("kube_client") || targets.would_enable(KUBE_REQUEST_TRACE, &Level::DEBUG) {
+        Ok(targets)
+    } else {
+        Ok(targets.with_target(KUBE_REQUEST_TRACE, LevelFilter::OFF))
+    }
+}
+
+fn default_log_filter() -> Targets {
+    Targets::new()
+        .with_default(Level::INFO)
+        .with_target(KUBE_REQUEST_TRACE, LevelFilter::OFF)
 }
 
 /// Per-request timeout: long enough for a slow API server, short enough that a leader gets a
@@ -85,6 +132,9 @@ fn init_tracing(format: LogFormat) {
 pub fn request_timeout(t: contract::Timings) -> Duration {
     (t.renew_deadline / 2).max(t.retry_period)
 }
+
+/// How long a shutting-down elector waits for its pod label to say `follower`.
+const LABEL_FLUSH: Duration = Duration::from_secs(2);
 
 /// SIGTERM and SIGINT, as a channel of "a signal arrived".
 fn signals() -> Result<mpsc::UnboundedReceiver<()>, Error> {
@@ -151,11 +201,77 @@ async fn run(config: Config) -> Result<(), Error> {
     let seed = clock::mono().0.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32);
     let candidate = Candidate::new(config.id.clone(), config.timings, seed);
     let mut runner = runner::Runner::new(candidate, store, shared, config.release_on_cancel);
-    if let Some(pod) = config.leader_label_pod.clone() {
+    let mut labeller = None;
+    if let Some(pod) = &config.leader_label_pod {
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(runner::label_pod(client, config.namespace.clone(), pod, rx));
+        let pods = label::PodLabeler::new(client, &config.namespace, pod);
+        labeller = Some(tokio::spawn(label::keep_role_label(
+            pods,
+            rx,
+            label::Backoff::default(),
+        )));
         runner = runner.with_role_channel(tx);
     }
+    // Returns after the release; dropping the runner closes the role channel.
     runner.run(signals).await;
+    if let Some(task) = labeller
+        && tokio::time::timeout(LABEL_FLUSH, task).await.is_err()
+    {
+        info!("could not reset the pod's role label before exiting");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_levels_and_targets() {
+        let cases: &[(Option<&str>, &str, LevelFilter)] = &[
+            (None, "elector", LevelFilter::INFO),
+            (None, "kube_client::client::builder", LevelFilter::OFF),
+            (
+                Some("debug"),
+                "kube_client::client::builder",
+                LevelFilter::DEBUG,
+            ),
+            (Some(""), "kube", LevelFilter::INFO),
+            (Some("info"), "elector", LevelFilter::INFO),
+            (
+                Some("info"),
+                "kube_client::client::builder",
+                LevelFilter::OFF,
+            ),
+            (
+                Some("info,kube_client=error"),
+                "kube_client::client::builder",
+                LevelFilter::ERROR,
+            ),
+            (Some("debug"), "kube", LevelFilter::DEBUG),
+            (
+                Some("warn,elector=trace"),
+                "elector::runner",
+                LevelFilter::TRACE,
+            ),
+            (Some("warn,elector=trace"), "kube_client", LevelFilter::WARN),
+            (Some("elector=off"), "elector", LevelFilter::OFF),
+        ];
+        for &(spec, target, want) in cases {
+            let f = log_filter(spec).unwrap();
+            let got = [
+                LevelFilter::TRACE,
+                LevelFilter::DEBUG,
+                LevelFilter::INFO,
+                LevelFilter::WARN,
+                LevelFilter::ERROR,
+            ]
+            .into_iter()
+            .find(|l| l.into_level().is_some_and(|l| f.would_enable(target, &l)))
+            .unwrap_or(LevelFilter::OFF);
+            assert_eq!(got, want, "{spec:?} for {target}");
+        }
+        let e = log_filter(Some("elector=loud")).unwrap_err();
+        assert!(e.contains("RUST_LOG") && e.contains("info"), "{e}");
+    }
 }

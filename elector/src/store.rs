@@ -94,6 +94,11 @@ impl LeaseTable {
         if self.lease.is_some() {
             return Err(Failure::AlreadyExists);
         }
+        Ok(self.store(record))
+    }
+
+    /// Stores `record` at a new resourceVersion.
+    fn store(&mut self, record: LeaseRecord) -> (StoredLease, WatchItem) {
         self.revision += 1;
         let stored = StoredLease {
             record,
@@ -101,7 +106,7 @@ impl LeaseTable {
         };
         self.lease = Some(stored.clone());
         let item = self.commit(WatchItem::Changed(stored.clone()));
-        Ok((stored, item))
+        (stored, item)
     }
 
     /// `None` as the item when nothing changed (no new resourceVersion, no event), as the API
@@ -118,13 +123,7 @@ impl LeaseTable {
         if current.record == record {
             return Ok((current.clone(), None));
         }
-        self.revision += 1;
-        let stored = StoredLease {
-            record,
-            resource_version: self.revision.to_string(),
-        };
-        self.lease = Some(stored.clone());
-        let item = self.commit(WatchItem::Changed(stored.clone()));
+        let (stored, item) = self.store(record);
         Ok((stored, Some(item)))
     }
 
@@ -619,6 +618,40 @@ mod tests {
         assert!(store.get().await.is_err());
         store.close_watches();
         assert!(w.next().await.is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unreachable_api_server_is_one_clear_transient_error() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("https://127.0.0.1:{port}/");
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let store = KubeStore::new(client, url.clone(), "ns", "x", Duration::from_secs(5));
+        let err = store.get().await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unreachable { .. }),
+            "{err:?} should be Unreachable"
+        );
+        assert_eq!(err.failure(), Failure::Transient);
+        assert_eq!(err.kind(), "unreachable");
+        let line = err.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        for want in [
+            "cannot reach",
+            url.as_str(),
+            "list",
+            "KUBECONFIG",
+            "refused",
+        ] {
+            assert!(
+                line.to_lowercase().contains(&want.to_lowercase()),
+                "{want} missing in {line}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use elector::error::StoreError;
 use elector::http::Shared;
 use elector::runner::Runner;
 use elector::store::MemoryStore;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Clone, Default)]
 struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -44,25 +44,30 @@ struct Node {
     out: Buf,
     signal: mpsc::UnboundedSender<()>,
     task: tokio::task::JoinHandle<()>,
+    /// What the leader-label option would write: `true` while this node leads.
+    role: watch::Receiver<bool>,
 }
 
 fn start(id: &str, store: &MemoryStore) -> Node {
     let shared = Shared::new(id, "lease", "ns", clock::mono);
     let out = Buf::default();
     let (signal, rx) = mpsc::unbounded_channel();
+    let (role_tx, role) = watch::channel(false);
     let runner = Runner::new(
         Candidate::new(id, TIMINGS, id.len() as u64),
         store.clone(),
         shared.clone(),
         true,
     )
-    .with_output(Box::new(out.clone()));
+    .with_output(Box::new(out.clone()))
+    .with_role_channel(role_tx);
     let task = tokio::task::spawn_local(runner.run(rx));
     Node {
         shared,
         out,
         signal,
         task,
+        role,
     }
 }
 
@@ -97,6 +102,7 @@ async fn elects_one_hands_over_on_sigterm_and_followers_do_not_poll() {
             .await;
             assert_eq!(a.out.text(), "a is the leader\n");
             assert!(!leads(&b) && !leads(&c));
+            assert!(*a.role.borrow() && !*b.role.borrow() && !*c.role.borrow());
 
             // Over a few renew periods, requests come from the leader's renewals only.
             let before = store.requests();
@@ -112,6 +118,9 @@ async fn elects_one_hands_over_on_sigterm_and_followers_do_not_poll() {
             a.signal.send(()).unwrap();
             a.task.await.unwrap();
             assert!(!a.shared.view().is_leader(clock::mono()));
+            // The runner said "no longer leading" before it ended (the label ends as follower).
+            assert!(!*a.role.borrow());
+            assert!(a.role.has_changed().is_err(), "role channel closed on exit");
             let lease = store.lease().unwrap();
             assert!(lease.record.holder.as_deref() != Some("a"));
             wait_for("a successor", || leads(&b) || leads(&c)).await;
@@ -121,6 +130,8 @@ async fn elects_one_hands_over_on_sigterm_and_followers_do_not_poll() {
                 "handover took {handover:?}"
             );
             let new = if leads(&b) { "b" } else { "c" };
+            let new_node = if new == "b" { &b } else { &c };
+            wait_for("the successor's role", || *new_node.role.borrow()).await;
             let lease = store.lease().unwrap();
             assert_eq!(lease.record.holder.as_deref(), Some(new));
             assert_eq!(lease.record.transitions, 1);

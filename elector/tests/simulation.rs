@@ -436,33 +436,16 @@ impl Sim {
         for mut s in subs {
             let at = (self.now + self.latency()).max(s.last_delivery + 1);
             s.last_delivery = at;
-            if !self.calm && self.rng.chance(self.prm.p_watch_break) {
-                let err = if self.rng.chance(0.5) {
-                    Some(Failure::Transient)
-                } else {
-                    None
-                };
-                self.push_inc(
-                    at,
-                    s.p,
-                    s.incarnation,
-                    Kind::Watch {
-                        sub: s.id,
-                        msg: WatchMsg::End(err),
-                    },
-                );
-                continue;
+            let broken = !self.calm && self.rng.chance(self.prm.p_watch_break);
+            let msg = if broken {
+                WatchMsg::End(self.rng.chance(0.5).then_some(Failure::Transient))
+            } else {
+                WatchMsg::Item(item.clone())
+            };
+            self.push_inc(at, s.p, s.incarnation, Kind::Watch { sub: s.id, msg });
+            if !broken {
+                keep.push(s);
             }
-            self.push_inc(
-                at,
-                s.p,
-                s.incarnation,
-                Kind::Watch {
-                    sub: s.id,
-                    msg: WatchMsg::Item(item.clone()),
-                },
-            );
-            keep.push(s);
         }
         self.subs = keep;
     }
@@ -746,6 +729,20 @@ impl Sim {
             .reduce(f64::min)
     }
 
+    /// Another process than `old` claimed leadership within `bound` seconds after `since`.
+    fn expect_successor(&self, what: &str, since: f64, old: usize, bound: f64) {
+        match self.next_claim_after(since, old) {
+            Some(s) if s - since <= bound => {}
+            other => {
+                eprintln!(
+                    "after {what} at {since:.3}s the next leader came at {other:?} \
+                     (bound {bound:.3}s)"
+                );
+                self.fail();
+            }
+        }
+    }
+
     fn check_safety(&self) {
         let mut all: Vec<(usize, f64, f64)> = self.claims.clone();
         for (p, pr) in self.procs.iter().enumerate() {
@@ -803,17 +800,7 @@ impl Sim {
         // Back as a follower for the graceful handover, after the failover was measured.
         self.push(crash_at + to_t(bound), old, Kind::Restart);
         self.run_until(crash_at + to_t(bound + ld));
-        let crash_s = secs(crash_at);
-        match self.next_claim_after(crash_s, old) {
-            Some(s) if s - crash_s <= bound => {}
-            other => {
-                eprintln!(
-                    "after the leader crashed at {crash_s:.3}s the next leader came at {other:?} \
-                     (bound {bound:.3}s)"
-                );
-                self.fail();
-            }
-        }
+        self.expect_successor("the leader crashed", secs(crash_at), old, bound);
 
         // Graceful handover: release, watch event, takeover.
         let Some(leader) = self.leader() else {
@@ -832,17 +819,7 @@ impl Sim {
         });
         let grace = 10.0 * lat + 0.001;
         self.run_until(term_at + to_t(grace + ld));
-        let term_s = secs(term_at);
-        match self.next_claim_after(term_s, leader) {
-            Some(s) if s - term_s <= grace => {}
-            other => {
-                eprintln!(
-                    "after a graceful shutdown at {term_s:.3}s the next leader came at {other:?} \
-                     (bound {grace:.3}s)"
-                );
-                self.fail();
-            }
-        }
+        self.expect_successor("a graceful shutdown", secs(term_at), leader, grace);
         self.check_safety();
     }
 }
