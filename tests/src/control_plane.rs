@@ -82,6 +82,11 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr().context("reading the bound port")?.port())
 }
 
+/// `127.0.0.1:<free port>`: where a process under test (elector, webhook) listens.
+pub fn free_loopback_addr() -> Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
 /// Random hex from /dev/urandom (a bearer token for the admin).
 fn random_hex(bytes: usize) -> Result<String> {
     use std::io::Read;
@@ -445,6 +450,20 @@ impl ControlPlane {
                 stderr: out.stderr,
             })
         }
+    }
+
+    /// `kubectl annotate -n <namespace> <resource> <name> <change>`, as a user annotates an object
+    /// (`key=value` sets, `key-` removes).
+    pub async fn kubectl_annotate(
+        &self,
+        namespace: &str,
+        resource: &str,
+        name: &str,
+        change: &str,
+    ) -> Result<()> {
+        self.kubectl_ok(&["annotate", "-n", namespace, resource, name, change], None)
+            .await?;
+        Ok(())
     }
 
     /// Stops everything (controller-manager, API server, etcd) and removes the directory.

@@ -18,15 +18,21 @@ use std::time::{Duration, Instant};
 use contract::{Timings, deploy, flags};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use serde_json::Value;
 
-use crate::elector::{Elector, agreed_leader, ask, duration_arg, wait_for_agreed_leader};
+use crate::elector::{
+    Elector, agreed_leader, ask, duration_arg, explain, leader_and_rest, wait_for_agreed_leader,
+    with_output,
+};
 use crate::error::{Context, Error, Result, fail};
-use crate::procs::{self, Proc};
+use crate::procs;
 use crate::wait::{eventually, eventually_while_running};
-use crate::webhook::{RBAC_KINDS, Webhook, injection_problems, loopback_webhook_configuration};
+use crate::webhook::{
+    Webhook, ca_bundle, elector_container, find_webhook_configuration, injection_problems,
+    loopback_webhook_configuration, mutate_url, rbac_list, serve_args, shipped_base,
+};
 use crate::{ControlPlane, control_plane, httpc, manifests};
 
 /// Namespace the example is applied to, as a user following its README would.
@@ -747,8 +753,9 @@ fn print_summary(ui: &Ui, s: &Summary, total: Duration, cleanup: &str) {
 /// is dropped (failure, interruption).
 pub async fn run(opts: Options, ui: &Ui) -> Result<Summary> {
     let mut summary = Summary::default();
-    let elector_bin = crate::project_binary("elector")?;
-    let webhook_bin = crate::project_binary("webhook")?;
+    // Both binaries up front: a missing one fails before anything is started.
+    crate::project_binary("elector")?;
+    crate::project_binary("webhook")?;
 
     ui.step(1, "start a local control plane", &[
         "etcd + kube-apiserver 1.20.2 + kube-controller-manager on free loopback ports. There is no",
@@ -769,13 +776,13 @@ pub async fn run(opts: Options, ui: &Ui) -> Result<Summary> {
     ));
     ui.pause("to start the webhook").await;
 
-    let (webhook, webhook_kubeconfig) = start_webhook(&cp, &webhook_bin, ui, &mut summary).await?;
+    let (webhook, webhook_kubeconfig) = start_webhook(&cp, ui, &mut summary).await?;
     ui.pause("to deploy my-app").await;
 
     let pods = deploy_app(&cp, ui, &mut summary).await?;
     ui.pause("to start one elector per pod").await;
 
-    let electors = start_electors(&cp, &elector_bin, &pods, opts, ui, &mut summary).await?;
+    let electors = start_electors(&cp, &pods, opts, ui, &mut summary).await?;
     ui.pause("to stop the leader (SIGTERM)").await;
 
     handover_and_failover(&cp, &electors, ui, &mut summary).await?;
@@ -810,7 +817,6 @@ pub async fn run(opts: Options, ui: &Ui) -> Result<Summary> {
 
 async fn start_webhook(
     cp: &ControlPlane,
-    bin: &Path,
     ui: &Ui,
     summary: &mut Summary,
 ) -> Result<(Webhook, PathBuf)> {
@@ -821,28 +827,16 @@ async fn start_webhook(
         "(service dropped, no caBundle: the webhook writes it, as in a cluster).",
     ]);
     let t = Instant::now();
-    let docs = manifests::kustomize(&manifests::manifests_dir().join("base")).await?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], control_plane::free_port()?));
-    let url = format!("https://{addr}{}", deploy::MUTATE_PATH);
-    let shipped = manifests::of_kind(&docs, "MutatingWebhookConfiguration")
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == deploy::WEBHOOK_CONFIGURATION)
-        .ok_or_else(|| {
-            fail(
-                "manifests/base",
-                format!(
-                    "no MutatingWebhookConfiguration {}",
-                    deploy::WEBHOOK_CONFIGURATION
-                ),
-            )
-        })?;
-    let mwc = loopback_webhook_configuration(shipped, deploy::WEBHOOK_CONFIGURATION, &url, None)?;
-    let mut items: Vec<&Value> = RBAC_KINDS
-        .iter()
-        .flat_map(|k| manifests::of_kind(&docs, k))
-        .collect();
-    items.push(&mwc);
-    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let docs = shipped_base().await?;
+    let addr = control_plane::free_loopback_addr()?;
+    let url = mutate_url(addr);
+    let mwc = loopback_webhook_configuration(
+        find_webhook_configuration(&docs)?,
+        deploy::WEBHOOK_CONFIGURATION,
+        &url,
+        None,
+    )?;
+    let list = rbac_list(&docs, &[&mwc]);
     ui.command("kubectl kustomize manifests/base | <adapt the MutatingWebhookConfiguration> | kubectl apply --validate=false -f -");
     ui.say("(--validate=false: kubectl's schema of this 1.20 server rejects the webhooks' matchConditions,");
     ui.say(" a 1.28+ field; the 1.20 server drops it, so every pod is sent to the webhook, which skips");
@@ -860,8 +854,6 @@ async fn start_webhook(
         .service_account_kubeconfig(deploy::NAMESPACE, deploy::WEBHOOK_NAME)
         .await?;
     let args = vec![
-        "serve".to_string(),
-        format!("--listen={addr}"),
         "--self-provision".into(),
         format!("--namespace={}", deploy::NAMESPACE),
         "--extra-san=127.0.0.1".into(),
@@ -875,51 +867,17 @@ async fn start_webhook(
     ui.command(&format!(
         "KUBECONFIG={} webhook {}",
         kubeconfig.display(),
-        args.join(" ")
+        serve_args(addr, &args).join(" ")
     ));
     let log_dir = procs::scratch_dir("webhook")?;
-    let proc = Proc::spawn(
-        "webhook",
-        bin,
-        &args,
-        &[
-            ("KUBECONFIG", kubeconfig.display().to_string()),
-            ("RUST_LOG", "info".to_string()),
-        ],
-        &log_dir,
-    )?;
-    let webhook = Webhook { addr, proc };
-    let with_log = |e: Error| {
-        fail(
-            e.to_string(),
-            format!("webhook output:\n{}", webhook.proc.output_tail(30)),
-        )
-    };
+    let webhook = Webhook::spawn_on(addr, &kubeconfig, &args, "webhook", &log_dir)?;
+    let with_log = |e: Error| webhook.with_output(e);
 
     let admin = cp.admin_client().await?;
-    let secrets = Api::<Secret>::namespaced(admin.clone(), deploy::NAMESPACE);
-    let ca = eventually_while_running(
-        "the webhook's Secret with its CA",
-        Duration::from_secs(90),
-        &[&webhook.proc],
-        || async {
-            let s = secrets
-                .get_opt(deploy::TLS_SECRET)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.and_then(|s| s.data)
-                .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
-                .ok_or_else(|| {
-                    format!(
-                        "no Secret {}/{} with ca.crt yet",
-                        deploy::NAMESPACE,
-                        deploy::TLS_SECRET
-                    )
-                })
-        },
-    )
-    .await
-    .map_err(with_log)?;
+    let ca = webhook
+        .wait_self_provisioned_ca(&admin, Duration::from_secs(90))
+        .await
+        .map_err(with_log)?;
     let ca_pem =
         String::from_utf8(ca).map_err(|_| fail("the webhook's ca.crt", "not UTF-8 PEM"))?;
     ui.ok(
@@ -932,7 +890,7 @@ async fn start_webhook(
     );
 
     let mwcs = Api::<MutatingWebhookConfiguration>::all(admin.clone());
-    let ca_b64 = ca_pem.as_bytes().to_vec();
+    let ca = ca_pem.as_bytes().to_vec();
     eventually_while_running(
         "the caBundle to be written",
         Duration::from_secs(90),
@@ -942,12 +900,7 @@ async fn start_webhook(
                 .get(deploy::WEBHOOK_CONFIGURATION)
                 .await
                 .map_err(|e| e.to_string())?;
-            let hooks = m.webhooks.unwrap_or_default();
-            let all = !hooks.is_empty()
-                && hooks
-                    .iter()
-                    .all(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0) == Some(&ca_b64));
-            if all {
+            if ca_bundle(&m).as_ref() == Some(&ca) {
                 Ok(())
             } else {
                 Err("caBundle not yet the Secret's CA on every entry".to_string())
@@ -968,7 +921,8 @@ async fn start_webhook(
         .wait_ready(&ca_pem, Duration::from_secs(60))
         .await
         .map_err(with_log)?;
-    wait_until_webhook_called(cp, &webhook)
+    webhook
+        .wait_called(cp, Duration::from_secs(90))
         .await
         .map_err(with_log)?;
     summary.webhook = t.elapsed();
@@ -977,53 +931,6 @@ async fn start_webhook(
         t,
     );
     Ok((webhook, kubeconfig))
-}
-
-/// The API server loads a new configuration asynchronously: wait until a server-side dry-run of
-/// an annotated Deployment comes back mutated (the workload webhook copies the annotation to the
-/// template). A dry-run creates nothing.
-async fn wait_until_webhook_called(cp: &ControlPlane, webhook: &Webhook) -> Result<()> {
-    let deployments = Api::<Deployment>::namespaced(cp.admin_client().await?, APP_NAMESPACE);
-    let probe: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "webhook-probe", "annotations": {contract::annotations::ENABLED: "true"}},
-        "spec": {
-            "selector": {"matchLabels": {"app": "webhook-probe"}},
-            "template": {
-                "metadata": {"labels": {"app": "webhook-probe"}},
-                "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}
-            }
-        }
-    }))
-    .map_err(|e| fail("building the probe Deployment", e.to_string()))?;
-    eventually_while_running(
-        "the API server to call the webhook",
-        Duration::from_secs(90),
-        &[&webhook.proc],
-        || {
-            let (deployments, probe) = (deployments.clone(), probe.clone());
-            async move {
-                let pp = PostParams {
-                    dry_run: true,
-                    ..PostParams::default()
-                };
-                let d = deployments
-                    .create(&pp, &probe)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let template = d
-                    .spec
-                    .and_then(|s| s.template.metadata)
-                    .and_then(|m| m.annotations)
-                    .unwrap_or_default();
-                if template.contains_key(contract::annotations::ENABLED) {
-                    Ok(())
-                } else {
-                    Err("a dry-run Deployment came back unmutated".to_string())
-                }
-            }
-        },
-    )
-    .await
 }
 
 async fn deploy_app(cp: &ControlPlane, ui: &Ui, summary: &mut Summary) -> Result<Vec<Value>> {
@@ -1153,10 +1060,7 @@ async fn deploy_app(cp: &ControlPlane, ui: &Ui, summary: &mut Summary) -> Result
 }
 
 fn injected_args(pod: &Value) -> Result<Vec<String>> {
-    ["containers", "initContainers"]
-        .iter()
-        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
-        .find(|c| c["name"] == contract::CONTAINER_NAME)
+    elector_container(pod)
         .map(|c| {
             c["args"]
                 .as_array()
@@ -1175,7 +1079,6 @@ fn injected_args(pod: &Value) -> Result<Vec<String>> {
 
 async fn start_electors(
     cp: &ControlPlane,
-    bin: &Path,
     pods: &[Value],
     opts: Options,
     ui: &Ui,
@@ -1210,7 +1113,7 @@ async fn start_electors(
                 k
             }
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], control_plane::free_port()?));
+        let addr = control_plane::free_loopback_addr()?;
         let args = elector_args_for_pod(&injected_args(pod)?, &id, APP_NAMESPACE, addr, fast);
         if electors.is_empty() {
             ui.say(&format!(
@@ -1223,24 +1126,21 @@ async fn start_electors(
             }
         }
         ui.command(&format!("elector {}", args.join(" ")));
-        let proc = Proc::spawn(
-            &format!("elector-{id}"),
-            bin,
+        let env = [
+            (contract::env::POD_NAME, id.clone()),
+            (contract::env::POD_NAMESPACE, APP_NAMESPACE.to_string()),
+        ];
+        electors.push(Elector::start(
+            &id,
+            addr,
             &args,
-            &[
-                ("KUBECONFIG", kubeconfig.display().to_string()),
-                ("RUST_LOG", "info".to_string()),
-                (contract::env::POD_NAME, id.clone()),
-                (contract::env::POD_NAMESPACE, APP_NAMESPACE.to_string()),
-            ],
+            &kubeconfig,
+            &env,
             &log_dir,
-        )?;
-        electors.push(Elector { id, addr, proc });
+        )?);
     }
     for e in &electors {
-        e.wait_ready(Duration::from_secs(60))
-            .await
-            .map_err(|x| with_output(x, e))?;
+        explain(e.wait_ready(Duration::from_secs(60)).await, [e])?;
     }
     let refs: Vec<&Elector> = electors.iter().collect();
     let timings = summary.timings.unwrap_or_default();
@@ -1290,13 +1190,6 @@ fn show_new_leader_lines(ui: &Ui, electors: &[&Elector], before: &[usize]) {
             ui.block(&format!("[{}] {l}", e.id));
         }
     }
-}
-
-fn with_output(e: Error, elector: &Elector) -> Error {
-    fail(
-        e.to_string(),
-        format!("elector output:\n{}", elector.proc.output_tail(30)),
-    )
 }
 
 async fn show_lease_yaml(cp: &ControlPlane, ui: &Ui) -> Result<()> {
@@ -1383,11 +1276,7 @@ async fn handover_and_failover(
         "crash or a lost node: nothing is released, so the standbys wait for the Lease to expire.",
     ]);
     let leader_id = summary.first_leader.clone();
-    let leader = electors
-        .iter()
-        .find(|e| e.id == leader_id)
-        .ok_or_else(|| fail("handover", format!("no elector {leader_id}")))?;
-    let survivors: Vec<&Elector> = electors.iter().filter(|e| e.id != leader_id).collect();
+    let (leader, survivors) = leader_and_rest(electors, &leader_id)?;
 
     ui.say(&format!("SIGTERM -> {leader_id} (the leader)"));
     let seen = leader_line_counts(&survivors);
@@ -1408,13 +1297,13 @@ async fn handover_and_failover(
                     "the old leader",
                     format!("exited with {}", procs::describe(s)),
                 ),
-                leader,
+                [leader],
             ));
         }
         None => {
             return Err(with_output(
                 fail("the old leader", "still running 30s after SIGTERM"),
-                leader,
+                [leader],
             ));
         }
     }
@@ -1432,11 +1321,7 @@ async fn handover_and_failover(
     summary.handover = Some((leader_id.clone(), next.clone(), handover));
     ui.pause("to kill the new leader (SIGKILL)").await;
 
-    let new_leader = survivors
-        .iter()
-        .find(|e| e.id == next)
-        .ok_or_else(|| fail("failover", format!("no elector {next}")))?;
-    let last: Vec<&Elector> = survivors.iter().copied().filter(|e| e.id != next).collect();
+    let (new_leader, last) = leader_and_rest(survivors.iter().copied(), &next)?;
     ui.say(&format!(
         "SIGKILL -> {next} (the new leader); expect about the lease duration ({}) before a survivor leads",
         duration_arg(timings.lease_duration)

@@ -11,10 +11,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::Api;
 
-use crate::error::{Context, Result, fail};
+use crate::error::{Context, Error, Result, fail};
 use crate::procs::Proc;
 use crate::wait::eventually_while_running;
-use crate::{control_plane, httpc};
+use crate::{ControlPlane, control_plane, httpc, manifests};
 
 /// Short timings keep the tests fast; they satisfy lease > renew > retry.
 pub const FAST: Timings = Timings {
@@ -35,6 +35,27 @@ pub struct ElectorSpec {
     pub kubeconfig: PathBuf,
     pub timings: Timings,
     pub extra_args: Vec<String>,
+}
+
+/// A namespace `<prefix>-<random>` set up as the webhook sets one up for injected pods:
+/// ServiceAccount `leader-elector` bound to the shipped elector ClusterRole (applied once per
+/// control plane). The spec runs as that ServiceAccount, with [`FAST`] timings and no extra args.
+pub async fn election(cp: &ControlPlane, prefix: &str, lease: &str) -> Result<ElectorSpec> {
+    manifests::ensure_elector_cluster_roles(cp).await?;
+    let ns = cp.create_namespace(prefix).await?;
+    cp.create_service_account(&ns, contract::SERVICE_ACCOUNT)
+        .await?;
+    manifests::bind_elector_role(cp, &ns, contract::SERVICE_ACCOUNT).await?;
+    let kubeconfig = cp
+        .service_account_kubeconfig(&ns, contract::SERVICE_ACCOUNT)
+        .await?;
+    Ok(ElectorSpec {
+        lease: lease.into(),
+        namespace: ns,
+        kubeconfig,
+        timings: FAST,
+        extra_args: vec![],
+    })
 }
 
 /// `4s`, `1500ms`: what the elector's humantime flags accept.
@@ -83,18 +104,38 @@ pub struct Elector {
 impl Elector {
     /// Starts `elector` as candidate `id` on a free loopback port.
     pub fn spawn(spec: &ElectorSpec, id: &str, log_dir: &Path) -> Result<Elector> {
+        Self::spawn_with_env(spec, id, &[], log_dir)
+    }
+
+    /// As [`Self::spawn`], with extra environment (`POD_NAME` for `--leader-label`).
+    pub fn spawn_with_env(
+        spec: &ElectorSpec,
+        id: &str,
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> Result<Elector> {
+        let addr = control_plane::free_loopback_addr()?;
+        let args = elector_args(spec, id, addr);
+        Self::start(id, addr, &args, &spec.kubeconfig, env, log_dir)
+    }
+
+    /// Starts `elector <args…>` as candidate `id` answering on `addr` (which `args` must name),
+    /// with `KUBECONFIG=kubeconfig`, `RUST_LOG=info` and `env`.
+    pub fn start(
+        id: &str,
+        addr: SocketAddr,
+        args: &[String],
+        kubeconfig: &Path,
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> Result<Elector> {
         let bin = crate::project_binary("elector")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], control_plane::free_port()?));
-        let proc = Proc::spawn(
-            &format!("elector-{id}"),
-            &bin,
-            &elector_args(spec, id, addr),
-            &[
-                ("KUBECONFIG", spec.kubeconfig.display().to_string()),
-                ("RUST_LOG", "info".to_string()),
-            ],
-            log_dir,
-        )?;
+        let mut all_env = vec![
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ];
+        all_env.extend(env.iter().cloned());
+        let proc = Proc::spawn(&format!("elector-{id}"), &bin, args, &all_env, log_dir)?;
         Ok(Elector {
             id: id.to_string(),
             addr,
@@ -154,6 +195,36 @@ impl Elector {
     /// Every line of stdout and stderr.
     pub fn output(&self) -> String {
         format!("{}{}", self.proc.stdout_text(), self.proc.stderr_text())
+    }
+}
+
+/// `e` with the last lines of each elector's output, so a red test explains itself.
+pub fn with_output<'a>(e: Error, electors: impl IntoIterator<Item = &'a Elector>) -> Error {
+    let logs: Vec<String> = electors
+        .into_iter()
+        .map(|x| x.proc.output_tail(30))
+        .collect();
+    fail(
+        e.to_string(),
+        format!("elector output:\n{}", logs.join("\n")),
+    )
+}
+
+/// `r`, a failure with the electors' output appended (see [`with_output`]).
+pub fn explain<'a, T>(r: Result<T>, electors: impl IntoIterator<Item = &'a Elector>) -> Result<T> {
+    r.map_err(|e| with_output(e, electors))
+}
+
+/// The elector with id `leader` and all the others.
+pub fn leader_and_rest<'a>(
+    electors: impl IntoIterator<Item = &'a Elector>,
+    leader: &str,
+) -> Result<(&'a Elector, Vec<&'a Elector>)> {
+    let (found, rest): (Vec<&Elector>, Vec<&Elector>) =
+        electors.into_iter().partition(|e| e.id == leader);
+    match found.first() {
+        Some(&e) => Ok((e, rest)),
+        None => Err(fail("the electors", format!("none has id {leader}"))),
     }
 }
 
@@ -278,6 +349,36 @@ pub fn spawn_poller(
         }
         samples
     })
+}
+
+/// Every elector asked "do you lead?" back to back (one [`spawn_poller`] each) until
+/// [`Pollers::finish`].
+pub struct Pollers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+impl Pollers {
+    /// Starts polling `electors`; a sample's `who` is the elector's index in `electors`.
+    pub fn start(electors: &[Elector], timeout: Duration) -> Pollers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = electors
+            .iter()
+            .enumerate()
+            .map(|(i, e)| spawn_poller(i, e.addr, timeout, stop.clone()))
+            .collect();
+        Pollers { stop, tasks }
+    }
+
+    /// Stops asking and returns every sample taken.
+    pub async fn finish(self) -> Result<Vec<Sample>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut samples = Vec::new();
+        for t in self.tasks {
+            samples.extend(t.await.map_err(|e| fail("poller", e.to_string()))?);
+        }
+        Ok(samples)
+    }
 }
 
 /// Asks elector `who` at `addr` once whether it leads (`GET /status`, waiting up to `timeout`).

@@ -124,15 +124,47 @@ pub async fn apply_elector_cluster_role(cp: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
+/// Applies the shipped elector ClusterRoles once per control plane: tests sharing one run in
+/// parallel, and concurrent applies of the same new objects can conflict.
+pub async fn ensure_elector_cluster_roles(cp: &ControlPlane) -> Result<()> {
+    // Keyed by the control plane's scratch directory, unique per control plane (ports are not:
+    // a later one may reuse them). Held across the apply, so a second caller waits for the first.
+    static APPLIED: tokio::sync::Mutex<Vec<PathBuf>> = tokio::sync::Mutex::const_new(Vec::new());
+    let mut applied = APPLIED.lock().await;
+    if !applied.iter().any(|d| d == cp.dir()) {
+        apply_elector_cluster_role(cp).await?;
+        applied.push(cp.dir().to_path_buf());
+    }
+    Ok(())
+}
+
 /// Binds ServiceAccount `namespace/sa` to the elector ClusterRole with a RoleBinding, as the
 /// webhook does for injected pods.
 pub async fn bind_elector_role(cp: &ControlPlane, namespace: &str, sa: &str) -> Result<()> {
+    bind_cluster_role(
+        cp,
+        namespace,
+        sa,
+        contract::ROLE_BINDING,
+        contract::CLUSTER_ROLE,
+    )
+    .await
+}
+
+/// Binds ServiceAccount `namespace/sa` to ClusterRole `cluster_role` with RoleBinding `name`.
+pub async fn bind_cluster_role(
+    cp: &ControlPlane,
+    namespace: &str,
+    sa: &str,
+    name: &str,
+    cluster_role: &str,
+) -> Result<()> {
     let rb: RoleBinding = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": contract::ROLE_BINDING, "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole",
-            "name": contract::CLUSTER_ROLE,
+            "name": cluster_role,
         },
         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
     }))
@@ -140,10 +172,7 @@ pub async fn bind_elector_role(cp: &ControlPlane, namespace: &str, sa: &str) -> 
     Api::<RoleBinding>::namespaced(cp.admin_client().await?, namespace)
         .create(&PostParams::default(), &rb)
         .await
-        .context(format!(
-            "creating RoleBinding {namespace}/{}",
-            contract::ROLE_BINDING
-        ))?;
+        .context(format!("creating RoleBinding {namespace}/{name}"))?;
     Ok(())
 }
 

@@ -5,12 +5,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use contract::deploy;
+use contract::{annotations, deploy};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, PostParams};
 
 use crate::error::{Context, Error, Result, fail};
 use crate::procs::Proc;
 use crate::wait::eventually_while_running;
-use crate::{control_plane, httpc};
+use crate::{ControlPlane, control_plane, httpc, manifests};
 
 /// `webhook certs --out-dir <dir> --extra-san 127.0.0.1`: the CA and serving certificate for
 /// files mode. Returns (ca.crt, tls.crt, tls.key) paths.
@@ -46,6 +51,18 @@ pub async fn generate_certs(out_dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf
     Ok(files)
 }
 
+/// `https://<addr>/mutate`: where a webhook listening on `addr` is called.
+pub fn mutate_url(addr: SocketAddr) -> String {
+    format!("https://{addr}{}", deploy::MUTATE_PATH)
+}
+
+/// `serve --listen=<addr> <args…>`: the webhook's command line.
+pub fn serve_args(addr: SocketAddr, args: &[String]) -> Vec<String> {
+    let mut all = vec!["serve".to_string(), format!("--listen={addr}")];
+    all.extend(args.iter().cloned());
+    all
+}
+
 /// A running webhook serving TLS on loopback.
 pub struct Webhook {
     pub addr: SocketAddr,
@@ -60,14 +77,24 @@ impl Webhook {
         name: &str,
         log_dir: &Path,
     ) -> Result<Webhook> {
+        let addr = control_plane::free_loopback_addr()?;
+        Self::spawn_on(addr, kubeconfig, args, name, log_dir)
+    }
+
+    /// As [`Self::spawn`], listening on `addr` (chosen earlier, e.g. to point a configuration
+    /// at it before the webhook starts).
+    pub fn spawn_on(
+        addr: SocketAddr,
+        kubeconfig: &Path,
+        args: &[String],
+        name: &str,
+        log_dir: &Path,
+    ) -> Result<Webhook> {
         let bin = crate::project_binary("webhook")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], control_plane::free_port()?));
-        let mut all = vec!["serve".to_string(), format!("--listen={addr}")];
-        all.extend(args.iter().cloned());
         let proc = Proc::spawn(
             name,
             &bin,
-            &all,
+            &serve_args(addr, args),
             &[
                 ("KUBECONFIG", kubeconfig.display().to_string()),
                 ("RUST_LOG", "info".to_string()),
@@ -79,7 +106,15 @@ impl Webhook {
 
     /// `https://127.0.0.1:<port>/mutate`.
     pub fn url(&self) -> String {
-        format!("https://{}{}", self.addr, deploy::MUTATE_PATH)
+        mutate_url(self.addr)
+    }
+
+    /// `e` with the webhook's last output lines, so a failure explains itself.
+    pub fn with_output(&self, e: Error) -> Error {
+        fail(
+            e.to_string(),
+            format!("webhook output:\n{}", self.proc.output_tail(40)),
+        )
     }
 
     /// Waits until `GET /readyz` answers 200 over TLS verified with `ca_pem` for 127.0.0.1.
@@ -100,6 +135,128 @@ impl Webhook {
         })
         .await
     }
+
+    /// The API server loads a new configuration asynchronously: waits until a server-side
+    /// dry-run of an annotated Deployment comes back mutated (the workload webhook copies the
+    /// annotation to the pod template). A dry-run creates nothing.
+    pub async fn wait_called(&self, cp: &ControlPlane, timeout: Duration) -> Result<()> {
+        // `default` exists on every control plane.
+        let deployments = Api::<Deployment>::namespaced(cp.admin_client().await?, "default");
+        let probe: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "webhook-probe", "annotations": {annotations::ENABLED: "true"}},
+            "spec": {
+                "selector": {"matchLabels": {"app": "webhook-probe"}},
+                "template": {
+                    "metadata": {"labels": {"app": "webhook-probe"}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}
+                }
+            }
+        }))
+        .map_err(|e| fail("building the probe Deployment", e.to_string()))?;
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        eventually_while_running(
+            "the API server to call the webhook",
+            timeout,
+            &[&self.proc],
+            || async {
+                let d = deployments
+                    .create(&dry_run, &probe)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let template = d
+                    .spec
+                    .and_then(|s| s.template.metadata)
+                    .and_then(|m| m.annotations)
+                    .unwrap_or_default();
+                if template.contains_key(annotations::ENABLED) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "a dry-run Deployment came back unmutated; template annotations {template:?}"
+                    ))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits for the CA a self-provisioning webhook writes into its Secret (`ca.crt` of
+    /// `deploy::TLS_SECRET` in `deploy::NAMESPACE`).
+    pub async fn wait_self_provisioned_ca(
+        &self,
+        admin: &Client,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let secrets = Api::<Secret>::namespaced(admin.clone(), deploy::NAMESPACE);
+        eventually_while_running(
+            "the webhook's Secret with its CA",
+            timeout,
+            &[&self.proc],
+            || async {
+                let s = secrets
+                    .get_opt(deploy::TLS_SECRET)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                s.and_then(|s| s.data)
+                    .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
+                    .ok_or_else(|| {
+                        format!(
+                            "no Secret {}/{} with ca.crt yet",
+                            deploy::NAMESPACE,
+                            deploy::TLS_SECRET
+                        )
+                    })
+            },
+        )
+        .await
+    }
+}
+
+/// The caBundle of every entry, if all entries have the same non-empty one.
+pub fn ca_bundle(mwc: &MutatingWebhookConfiguration) -> Option<Vec<u8>> {
+    let bundles: Vec<Vec<u8>> = mwc
+        .webhooks
+        .iter()
+        .flatten()
+        .map(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .map(|b| b.0.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    match bundles.first() {
+        Some(b) if !b.is_empty() && bundles.iter().all(|x| x == b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+/// Creates `mwc` (e.g. from [`loopback_webhook_configuration`]) through the API; returns what the
+/// API server stored.
+pub async fn create_webhook_configuration(
+    cp: &ControlPlane,
+    mwc: &serde_json::Value,
+) -> Result<MutatingWebhookConfiguration> {
+    let name = mwc["metadata"]["name"].as_str().unwrap_or_default();
+    let typed: MutatingWebhookConfiguration = serde_json::from_value(mwc.clone()).map_err(|e| {
+        fail(
+            format!("MutatingWebhookConfiguration {name}"),
+            e.to_string(),
+        )
+    })?;
+    Api::<MutatingWebhookConfiguration>::all(cp.admin_client().await?)
+        .create(&PostParams::default(), &typed)
+        .await
+        .map_err(|e| {
+            fail(
+                format!("creating MutatingWebhookConfiguration {name}"),
+                e.to_string(),
+            )
+        })
 }
 
 /// The shipped MutatingWebhookConfiguration pointed at `url` instead of the in-cluster
@@ -134,13 +291,16 @@ pub fn loopback_webhook_configuration(
     Ok(mwc)
 }
 
-/// The MutatingWebhookConfiguration from the shipped base (rendered by kustomize).
-pub async fn shipped_webhook_configuration() -> Result<serde_json::Value> {
-    let docs = crate::manifests::kustomize(&crate::manifests::manifests_dir().join("base")).await?;
-    crate::manifests::of_kind(&docs, "MutatingWebhookConfiguration")
+/// `manifests/base` rendered by kustomize.
+pub async fn shipped_base() -> Result<Vec<serde_json::Value>> {
+    manifests::kustomize(&manifests::manifests_dir().join("base")).await
+}
+
+/// The MutatingWebhookConfiguration among `docs` (from [`shipped_base`]).
+pub fn find_webhook_configuration(docs: &[serde_json::Value]) -> Result<&serde_json::Value> {
+    manifests::of_kind(docs, "MutatingWebhookConfiguration")
         .into_iter()
         .find(|d| d["metadata"]["name"] == deploy::WEBHOOK_CONFIGURATION)
-        .cloned()
         .ok_or_else(|| {
             fail(
                 "manifests/base",
@@ -150,6 +310,11 @@ pub async fn shipped_webhook_configuration() -> Result<serde_json::Value> {
                 ),
             )
         })
+}
+
+/// The MutatingWebhookConfiguration from the shipped base.
+pub async fn shipped_webhook_configuration() -> Result<serde_json::Value> {
+    find_webhook_configuration(&shipped_base().await?).cloned()
 }
 
 /// Kinds of the shipped base applied for real by the webhook tests (the webhook itself runs as a
@@ -163,14 +328,20 @@ pub const RBAC_KINDS: &[&str] = &[
     "RoleBinding",
 ];
 
-/// Applies the namespace and RBAC of manifests/base as shipped.
-pub async fn apply_shipped_rbac(cp: &crate::ControlPlane) -> Result<()> {
-    let docs = crate::manifests::kustomize(&crate::manifests::manifests_dir().join("base")).await?;
-    let items: Vec<&serde_json::Value> = RBAC_KINDS
+/// The Namespace and RBAC among `docs` (from [`shipped_base`]) and then `extra`, as one `List`
+/// for `kubectl apply`.
+pub fn rbac_list(docs: &[serde_json::Value], extra: &[&serde_json::Value]) -> serde_json::Value {
+    let mut items: Vec<&serde_json::Value> = RBAC_KINDS
         .iter()
-        .flat_map(|k| crate::manifests::of_kind(&docs, k))
+        .flat_map(|k| manifests::of_kind(docs, k))
         .collect();
-    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    items.extend(extra);
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+/// Applies the namespace and RBAC of manifests/base as shipped.
+pub async fn apply_shipped_rbac(cp: &ControlPlane) -> Result<()> {
+    let list = rbac_list(&shipped_base().await?, &[]);
     cp.kubectl_ok(&["apply", "-f", "-"], Some(&list.to_string()))
         .await?;
     Ok(())
@@ -183,6 +354,14 @@ fn env_value<'a>(c: &'a serde_json::Value, name: &str) -> Option<&'a serde_json:
     c["env"]
         .as_array()
         .and_then(|env| env.iter().find(|e| e["name"] == name))
+}
+
+/// The injected elector container of `pod` (a regular or an init container).
+pub fn elector_container(pod: &serde_json::Value) -> Option<&serde_json::Value> {
+    ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+        .find(|c| c["name"] == contract::CONTAINER_NAME)
 }
 
 /// What is wrong with a pod the API server stored after the webhook injected it (empty = fine):
@@ -332,13 +511,7 @@ pub fn injection_problems(
 
 /// True when nothing of the webhook is in the pod.
 pub fn untouched(pod: &serde_json::Value) -> bool {
-    let has_elector = ["containers", "initContainers"].iter().any(|k| {
-        pod["spec"][k]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["name"] == contract::CONTAINER_NAME)
-    });
+    let has_elector = elector_container(pod).is_some();
     let has_env = pod["spec"]["containers"]
         .as_array()
         .into_iter()

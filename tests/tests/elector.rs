@@ -2,50 +2,26 @@
 //! with its own pod identity, running as ServiceAccount `leader-elector` bound by the ClusterRole
 //! shipped in manifests/base/elector-clusterrole.yaml.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
 use kube::api::{Api, WatchEvent, WatchParams};
 use testenv::elector::{
-    Elector, ElectorSpec, FAST, get_lease, holder_and_transitions, overlapping_claims,
-    spawn_poller, wait_for_agreed_leader,
+    Elector, ElectorSpec, FAST, Pollers, explain, get_lease, holder_and_transitions,
+    leader_and_rest, overlapping_claims, wait_for_agreed_leader,
 };
-use testenv::{ControlPlane, Result, eventually, fail, manifests, procs, shared};
-use tokio::sync::OnceCell;
+use testenv::{ControlPlane, Result, eventually, fail, procs, shared};
 
 const LEASE: &str = "my-app";
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Applies the shipped ClusterRole once per test binary (tests run in parallel).
-async fn cluster_role(cp: &ControlPlane) -> Result<()> {
-    static APPLIED: OnceCell<()> = OnceCell::const_new();
-    APPLIED
-        .get_or_try_init(|| manifests::apply_elector_cluster_role(cp))
-        .await
-        .map(|_| ())
-}
-
 /// A namespace with ServiceAccount `leader-elector` bound to the shipped elector ClusterRole.
 async fn election(cp: &ControlPlane, prefix: &str) -> Result<(String, ElectorSpec)> {
-    cluster_role(cp).await?;
-    let ns = cp.create_namespace(prefix).await?;
-    cp.create_service_account(&ns, contract::SERVICE_ACCOUNT)
-        .await?;
-    manifests::bind_elector_role(cp, &ns, contract::SERVICE_ACCOUNT).await?;
-    let kubeconfig = cp
-        .service_account_kubeconfig(&ns, contract::SERVICE_ACCOUNT)
-        .await?;
-    let spec = ElectorSpec {
-        lease: LEASE.into(),
-        namespace: ns.clone(),
-        kubeconfig,
-        timings: FAST,
-        extra_args: vec![],
-    };
-    Ok((ns, spec))
+    let spec = testenv::elector::election(cp, prefix, LEASE).await?;
+    Ok((spec.namespace.clone(), spec))
 }
 
 /// Three candidates named like pods of one ReplicaSet.
@@ -61,19 +37,15 @@ async fn three(spec: &ElectorSpec) -> Result<Vec<Elector>> {
     Ok(electors)
 }
 
-/// Appends every elector's output to a failure, so a red test explains itself.
-fn explain<T>(r: Result<T>, electors: &[Elector]) -> Result<T> {
-    r.map_err(|e| {
-        let logs: Vec<String> = electors.iter().map(|x| x.proc.output_tail(30)).collect();
-        fail(
-            e.to_string(),
-            format!("elector output:\n{}", logs.join("\n")),
-        )
-    })
-}
-
 fn refs(electors: &[Elector]) -> Vec<&Elector> {
     electors.iter().collect()
+}
+
+/// The Lease of the election, which must exist.
+async fn current_lease(admin: &Client, ns: &str) -> Result<Lease> {
+    get_lease(admin, ns, LEASE)
+        .await?
+        .ok_or_else(|| fail("Lease", "missing"))
 }
 
 /// Records every version of the Lease from `rv` on into `seen` (abort the task to stop).
@@ -115,7 +87,7 @@ async fn one_leader_all_agree_and_sigterm_hands_over_with_a_release() -> Result<
             let all = refs(&electors);
             let leader = wait_for_agreed_leader(&all, ELECTION_TIMEOUT).await?;
             let admin = cp.admin_client().await?;
-            let lease = get_lease(&admin, &ns, LEASE).await?.ok_or_else(|| fail("Lease", "missing"))?;
+            let lease = current_lease(&admin, &ns).await?;
             let (holder, t0) = holder_and_transitions(&lease);
             assert_eq!(holder, leader, "the Lease names the leader every elector reports");
             // The classic log line, on every candidate.
@@ -131,15 +103,14 @@ async fn one_leader_all_agree_and_sigterm_hands_over_with_a_release() -> Result<
             let rv = lease.metadata.resource_version.clone().unwrap_or_default();
             let seen = Arc::new(Mutex::new(Vec::new()));
             let watch = record_lease(Api::namespaced(admin.clone(), &ns), rv, seen.clone());
-            let old = electors.iter().find(|e| e.id == leader).ok_or_else(|| fail("leader", "unknown id"))?;
+            let (old, rest) = leader_and_rest(&electors, &leader)?;
             old.proc.signal(libc::SIGTERM)?;
             let status = old.proc.wait_exit(Duration::from_secs(30)).await;
             assert_eq!(status.and_then(|s| s.code()), Some(0), "SIGTERM → release → exit 0");
 
-            let rest: Vec<&Elector> = electors.iter().filter(|e| e.id != leader).collect();
             let new = wait_for_agreed_leader(&rest, ELECTION_TIMEOUT).await?;
             assert_ne!(new, leader);
-            let lease = get_lease(&admin, &ns, LEASE).await?.ok_or_else(|| fail("Lease", "missing"))?;
+            let lease = current_lease(&admin, &ns).await?;
             assert_eq!(holder_and_transitions(&lease), (new.clone(), t0 + 1));
             // Let the watch deliver the last versions, then inspect the history.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -174,18 +145,17 @@ async fn sigkill_fails_over_only_after_the_lease_expires() -> Result<()> {
         async {
             let leader = wait_for_agreed_leader(&refs(&electors), ELECTION_TIMEOUT).await?;
             let admin = cp.admin_client().await?;
-            let lease = get_lease(&admin, &ns, LEASE).await?.ok_or_else(|| fail("Lease", "missing"))?;
+            let lease = current_lease(&admin, &ns).await?;
             let (_, t0) = holder_and_transitions(&lease);
             let rv = lease.metadata.resource_version.clone().unwrap_or_default();
             let seen = Arc::new(Mutex::new(vec![lease]));
             let watch = record_lease(Api::namespaced(admin.clone(), &ns), rv, seen.clone());
 
-            let old = electors.iter().find(|e| e.id == leader).ok_or_else(|| fail("leader", "unknown id"))?;
+            let (old, rest) = leader_and_rest(&electors, &leader)?;
             old.proc.signal(libc::SIGKILL)?;
-            let rest: Vec<&Elector> = electors.iter().filter(|e| e.id != leader).collect();
             let new = wait_for_agreed_leader(&rest, ELECTION_TIMEOUT).await?;
             assert_ne!(new, leader);
-            let lease = get_lease(&admin, &ns, LEASE).await?.ok_or_else(|| fail("Lease", "missing"))?;
+            let lease = current_lease(&admin, &ns).await?;
             assert_eq!(holder_and_transitions(&lease), (new.clone(), t0 + 1), "one transition");
             watch.abort();
 
@@ -234,12 +204,7 @@ async fn frozen_leader_never_claims_leadership_alongside_its_successor() -> Resu
 
             // Every elector is asked "do you lead?" back to back for the whole test. A question
             // to the frozen process waits (up to 60 s) and is answered after the thaw.
-            let stop = Arc::new(AtomicBool::new(false));
-            let pollers: Vec<_> = electors
-                .iter()
-                .enumerate()
-                .map(|(i, e)| spawn_poller(i, e.addr, Duration::from_secs(60), stop.clone()))
-                .collect();
+            let pollers = Pollers::start(&electors, Duration::from_secs(60));
             tokio::time::sleep(Duration::from_secs(1)).await;
 
             let stopped_at = Instant::now();
@@ -256,15 +221,13 @@ async fn frozen_leader_never_claims_leadership_alongside_its_successor() -> Resu
             old.proc.signal(libc::SIGCONT)?;
             // Keep asking through the thaw and after it.
             tokio::time::sleep(FAST.lease_duration + Duration::from_secs(2)).await;
-            stop.store(true, Ordering::Relaxed);
+            let polled = pollers.finish().await?;
             let mut samples = vec![
                 during_freeze
                     .await
                     .map_err(|e| fail("probe", e.to_string()))?,
             ];
-            for p in pollers {
-                samples.extend(p.await.map_err(|e| fail("poller", e.to_string()))?);
-            }
+            samples.extend(polled);
             let new = new?;
             assert!(
                 stopped_at.elapsed() > FAST.lease_duration,

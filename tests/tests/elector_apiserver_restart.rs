@@ -1,12 +1,10 @@
 //! The elector while the API server goes away and comes back. This test stops the API server,
 //! so it has a control plane of its own (its own test binary).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use testenv::elector::{Elector, ElectorSpec, FAST, spawn_poller, wait_for_agreed_leader};
-use testenv::{ControlPlane, Result, fail, manifests, procs};
+use testenv::elector::{Elector, FAST, Pollers, election, explain, wait_for_agreed_leader};
+use testenv::{ControlPlane, Result, fail, procs};
 
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// Slack for polling and a loaded machine on top of the renew deadline.
@@ -16,20 +14,7 @@ const SLACK: Duration = Duration::from_secs(2);
 async fn leader_steps_down_within_the_renew_deadline_and_an_election_follows_the_return()
 -> Result<()> {
     let mut cp = ControlPlane::start().await?;
-    manifests::apply_elector_cluster_role(&cp).await?;
-    let ns = cp.create_namespace("elector-outage").await?;
-    cp.create_service_account(&ns, contract::SERVICE_ACCOUNT)
-        .await?;
-    manifests::bind_elector_role(&cp, &ns, contract::SERVICE_ACCOUNT).await?;
-    let spec = ElectorSpec {
-        lease: "my-app".into(),
-        namespace: ns.clone(),
-        kubeconfig: cp
-            .service_account_kubeconfig(&ns, contract::SERVICE_ACCOUNT)
-            .await?,
-        timings: FAST,
-        extra_args: vec![],
-    };
+    let spec = election(&cp, "elector-outage", "my-app").await?;
     let dir = procs::scratch_dir("electors")?;
     let electors = ["a", "b", "c"]
         .iter()
@@ -43,12 +28,7 @@ async fn leader_steps_down_within_the_renew_deadline_and_an_election_follows_the
         }
         let leader = wait_for_agreed_leader(&all, ELECTION_TIMEOUT).await?;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let pollers: Vec<_> = electors
-            .iter()
-            .enumerate()
-            .map(|(i, e)| spawn_poller(i, e.addr, Duration::from_secs(5), stop.clone()))
-            .collect();
+        let pollers = Pollers::start(&electors, Duration::from_secs(5));
         // Let the pollers see the leader leading first.
         tokio::time::sleep(Duration::from_secs(1)).await;
         // A crisp outage: the API server stops answering now (a graceful stop drains for a while).
@@ -57,11 +37,7 @@ async fn leader_steps_down_within_the_renew_deadline_and_an_election_follows_the
         // Down for well past the lease duration.
         tokio::time::sleep(FAST.lease_duration + FAST.renew_deadline + SLACK).await;
         let up_from = Instant::now();
-        stop.store(true, Ordering::Relaxed);
-        let mut samples = Vec::new();
-        for p in pollers {
-            samples.extend(p.await.map_err(|e| fail("poller", e.to_string()))?);
-        }
+        let samples = pollers.finish().await?;
         // Nobody may claim leadership once the renew deadline has passed without the API server
         // (the last successful renew started before `down_at`).
         let deadline = down_at + FAST.renew_deadline + SLACK;
@@ -88,13 +64,7 @@ async fn leader_steps_down_within_the_renew_deadline_and_an_election_follows_the
         Ok(())
     }
     .await;
-    let outcome = outcome.map_err(|e| {
-        let logs: Vec<String> = electors.iter().map(|x| x.proc.output_tail(30)).collect();
-        fail(
-            e.to_string(),
-            format!("elector output:\n{}", logs.join("\n")),
-        )
-    });
+    let outcome = explain(outcome, &electors);
 
     // Stopping the control plane leaves nothing behind.
     let pids = cp.pids();

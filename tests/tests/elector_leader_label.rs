@@ -4,69 +4,34 @@
 //! not stop the election. The pods are plain API objects (nothing schedules them); the electors
 //! run as local processes with the pods' names.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use testenv::elector::{Elector, ElectorSpec, FAST, elector_args, wait_for_agreed_leader};
-use testenv::{
-    ControlPlane, Proc, Result, control_plane, eventually, fail, manifests, procs, shared,
-};
-use tokio::sync::OnceCell;
+use testenv::elector::{Elector, ElectorSpec, explain, leader_and_rest, wait_for_agreed_leader};
+use testenv::{ControlPlane, Result, eventually, fail, manifests, procs, shared};
 
 const LEASE: &str = "labelled-app";
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Applies the shipped ClusterRoles (the Lease one and the leader-label one) once per binary.
-async fn cluster_roles(cp: &ControlPlane) -> Result<()> {
-    static APPLIED: OnceCell<()> = OnceCell::const_new();
-    APPLIED
-        .get_or_try_init(|| manifests::apply_elector_cluster_role(cp))
-        .await
-        .map(|_| ())
-}
-
 /// A namespace with ServiceAccount `leader-elector` bound to the Lease ClusterRole and, if
 /// `label_rbac`, to the leader-label ClusterRole, as the webhook binds them.
 async fn election(cp: &ControlPlane, prefix: &str, label_rbac: bool) -> Result<ElectorSpec> {
-    cluster_roles(cp).await?;
-    let ns = cp.create_namespace(prefix).await?;
-    cp.create_service_account(&ns, contract::SERVICE_ACCOUNT)
-        .await?;
-    manifests::bind_elector_role(cp, &ns, contract::SERVICE_ACCOUNT).await?;
+    let mut spec = testenv::elector::election(cp, prefix, LEASE).await?;
     if label_rbac {
-        let rb: RoleBinding = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": contract::ROLE_BINDING_LEADER_LABEL, "namespace": ns},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": contract::CLUSTER_ROLE_LEADER_LABEL,
-            },
-            "subjects": [{
-                "kind": "ServiceAccount",
-                "name": contract::SERVICE_ACCOUNT,
-                "namespace": ns,
-            }],
-        }))
-        .map_err(|e| fail("building a RoleBinding", e.to_string()))?;
-        Api::<RoleBinding>::namespaced(cp.admin_client().await?, &ns)
-            .create(&PostParams::default(), &rb)
-            .await
-            .map_err(|e| fail("creating the leader-label RoleBinding", e.to_string()))?;
+        manifests::bind_cluster_role(
+            cp,
+            &spec.namespace,
+            contract::SERVICE_ACCOUNT,
+            contract::ROLE_BINDING_LEADER_LABEL,
+            contract::CLUSTER_ROLE_LEADER_LABEL,
+        )
+        .await?;
     }
-    Ok(ElectorSpec {
-        lease: LEASE.into(),
-        namespace: ns.clone(),
-        kubeconfig: cp
-            .service_account_kubeconfig(&ns, contract::SERVICE_ACCOUNT)
-            .await?,
-        timings: FAST,
-        extra_args: vec![format!("--{}", contract::flags::LEADER_LABEL)],
-    })
+    spec.extra_args = vec![format!("--{}", contract::flags::LEADER_LABEL)];
+    Ok(spec)
 }
 
 /// Pod `name` (never scheduled: only its labels matter here).
@@ -85,24 +50,12 @@ async fn create_pod(client: &Client, ns: &str, name: &str) -> Result<()> {
 
 /// An elector whose identity and `$POD_NAME` are `pod`.
 fn spawn(spec: &ElectorSpec, pod: &str, dir: &Path) -> Result<Elector> {
-    let bin = testenv::project_binary("elector")?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], control_plane::free_port()?));
-    let proc = Proc::spawn(
-        &format!("elector-{pod}"),
-        &bin,
-        &elector_args(spec, pod, addr),
-        &[
-            ("KUBECONFIG", spec.kubeconfig.display().to_string()),
-            ("RUST_LOG", "info".to_string()),
-            (contract::env::POD_NAME, pod.to_string()),
-        ],
+    Elector::spawn_with_env(
+        spec,
+        pod,
+        &[(contract::env::POD_NAME, pod.to_string())],
         dir,
-    )?;
-    Ok(Elector {
-        id: pod.to_string(),
-        addr,
-        proc,
-    })
+    )
 }
 
 /// The role label of each pod, e.g. `[("a", "leader"), ("b", "follower")]` ("" when unset).
@@ -142,16 +95,6 @@ async fn expect_roles(client: &Client, ns: &str, pods: &[&str], want: &[&str]) -
     .await
 }
 
-fn explain<T>(r: Result<T>, electors: &[Elector]) -> Result<T> {
-    r.map_err(|e| {
-        let logs: Vec<String> = electors.iter().map(|x| x.proc.output_tail(30)).collect();
-        fail(
-            e.to_string(),
-            format!("elector output:\n{}", logs.join("\n")),
-        )
-    })
-}
-
 #[tokio::test]
 async fn the_leader_pod_is_labelled_leader_and_handover_moves_the_label() -> Result<()> {
     let cp = shared().await?;
@@ -178,10 +121,7 @@ async fn the_leader_pod_is_labelled_leader_and_handover_moves_the_label() -> Res
             expect_roles(&admin, &ns, &pods, &want).await?;
 
             // SIGTERM: the leader releases, its pod ends as follower, the successor's as leader.
-            let old = electors
-                .iter()
-                .find(|e| e.id == leader)
-                .ok_or_else(|| fail("leader", "unknown id"))?;
+            let (old, rest) = leader_and_rest(&electors, &leader)?;
             old.proc.signal(libc::SIGTERM)?;
             let status = old
                 .proc
@@ -194,7 +134,6 @@ async fn the_leader_pod_is_labelled_leader_and_handover_moves_the_label() -> Res
                     format!("exited with {status}"),
                 ));
             }
-            let rest: Vec<&Elector> = electors.iter().filter(|e| e.id != leader).collect();
             let new = wait_for_agreed_leader(&rest, TIMEOUT).await?;
             let want: Vec<&str> = pods
                 .iter()

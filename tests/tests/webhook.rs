@@ -7,14 +7,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use contract::{annotations, deploy};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ListParams, PostParams};
 use testenv::webhook::{
-    Webhook, generate_certs, injection_problems, loopback_webhook_configuration,
-    shipped_webhook_configuration, untouched,
+    Webhook, create_webhook_configuration, elector_container, generate_certs, injection_problems,
+    loopback_webhook_configuration, shipped_webhook_configuration, untouched,
 };
 use testenv::{ControlPlane, Result, eventually, fail, manifests, procs, shared};
 use tokio::sync::OnceCell;
@@ -55,53 +54,10 @@ async fn env() -> Result<&'static Env> {
             &webhook.url(),
             Some(&ca_pem),
         )?;
-        let mwc: MutatingWebhookConfiguration = serde_json::from_value(mwc)
-            .map_err(|e| fail("the adapted configuration", e.to_string()))?;
-        let admin = cp.admin_client().await?;
-        Api::<MutatingWebhookConfiguration>::all(admin.clone())
-            .create(&PostParams::default(), &mwc)
-            .await
-            .map_err(|e| fail("creating the MutatingWebhookConfiguration", e.to_string()))?;
-        wait_until_webhook_active(cp).await?;
+        create_webhook_configuration(cp, &mwc).await?;
+        webhook.wait_called(cp, Duration::from_secs(60)).await?;
         Ok(Env { cp, webhook })
     })
-    .await
-}
-
-/// The API server picks up a new configuration asynchronously: wait until a dry-run of an
-/// annotated Deployment comes back mutated.
-async fn wait_until_webhook_active(cp: &ControlPlane) -> Result<()> {
-    let deployments = Api::<Deployment>::namespaced(cp.admin_client().await?, "default");
-    let probe: Deployment =
-        serde_json::from_value(deployment_json("probe", 1, None, Some(enabled())))
-            .map_err(|e| fail("probe", e.to_string()))?;
-    eventually(
-        "the API server to call the webhook",
-        Duration::from_secs(60),
-        || {
-            let (deployments, probe) = (deployments.clone(), probe.clone());
-            async move {
-                let pp = PostParams {
-                    dry_run: true,
-                    ..PostParams::default()
-                };
-                let d = deployments
-                    .create(&pp, &probe)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let template = d
-                    .spec
-                    .and_then(|s| s.template.metadata)
-                    .and_then(|m| m.annotations)
-                    .unwrap_or_default();
-                if template.contains_key(annotations::ENABLED) {
-                    Ok(())
-                } else {
-                    Err(format!("template annotations {template:?}"))
-                }
-            }
-        },
-    )
     .await
 }
 
@@ -153,6 +109,30 @@ async fn pods(cp: &ControlPlane, ns: &str) -> Result<Vec<serde_json::Value>> {
         .collect()
 }
 
+/// Whether object `ns/name` of kind `K` exists.
+async fn exists<K>(cp: &ControlPlane, ns: &str, name: &str) -> Result<bool>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let found = Api::<K>::namespaced(cp.admin_client().await?, ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| {
+            fail(
+                format!(
+                    "reading {} {ns}/{name}",
+                    K::kind(&K::DynamicType::default())
+                ),
+                e.to_string(),
+            )
+        })?;
+    Ok(found.is_some())
+}
+
 /// Secret name → the ServiceAccount whose token it holds.
 async fn token_owners(cp: &ControlPlane, ns: &str) -> Result<HashMap<String, String>> {
     let list = Api::<Secret>::namespaced(cp.admin_client().await?, ns)
@@ -176,12 +156,7 @@ async fn token_owners(cp: &ControlPlane, ns: &str) -> Result<HashMap<String, Str
 }
 
 fn explain<T>(r: Result<T>, env: &Env) -> Result<T> {
-    r.map_err(|e| {
-        fail(
-            e.to_string(),
-            format!("webhook output:\n{}", env.webhook.proc.output_tail(40)),
-        )
-    })
+    r.map_err(|e| env.webhook.with_output(e))
 }
 
 /// Waits for `n` pods matching `filter` and returns them.
@@ -239,14 +214,8 @@ async fn the_example_yields_three_injected_pods_with_their_service_account_and_b
                         format!("{problems:?}\n{pod:#}"),
                     ));
                 }
-                let elector = pod["spec"]["containers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|c| c["name"] == contract::CONTAINER_NAME)
-                    .cloned()
-                    .unwrap_or_default();
-                assert_eq!(elector["image"], deploy::DEFAULT_ELECTOR_IMAGE);
+                let image = elector_container(pod).and_then(|c| c["image"].as_str());
+                assert_eq!(image, Some(deploy::DEFAULT_ELECTOR_IMAGE));
             }
             let admin = cp.admin_client().await?;
             Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
@@ -313,11 +282,7 @@ async fn objects_without_the_annotation_are_unchanged() -> Result<()> {
             let p = wait_pods(cp, &ns, 2, "the plain Deployment's pod", |_| true).await?;
             assert!(p.iter().all(untouched), "{p:#?}");
             assert!(
-                Api::<ServiceAccount>::namespaced(cp.admin_client().await?, &ns)
-                    .get_opt(contract::SERVICE_ACCOUNT)
-                    .await
-                    .map_err(|e| fail("reading SA", e.to_string()))?
-                    .is_none(),
+                !exists::<ServiceAccount>(cp, &ns, contract::SERVICE_ACCOUNT).await?,
                 "no elector ServiceAccount for unannotated objects"
             );
             Ok(())
@@ -386,6 +351,30 @@ fn template_hash(p: &serde_json::Value) -> String {
         .to_string()
 }
 
+/// `kubectl annotate deployment <name> <change>`, as a user does; returns the pod template's
+/// annotations afterwards (as kubectl prints them), which the webhook may have changed.
+async fn annotate_deployment(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    change: &str,
+) -> Result<String> {
+    cp.kubectl_annotate(ns, "deployment", name, change).await?;
+    cp.kubectl_ok(
+        &[
+            "get",
+            "-n",
+            ns,
+            "deployment",
+            name,
+            "-o",
+            "jsonpath={.spec.template.metadata.annotations}",
+        ],
+        None,
+    )
+    .await
+}
+
 /// The pod-template-hash of the ReplicaSet that matches the Deployment's current template.
 async fn current_hash(cp: &ControlPlane, ns: &str, name: &str) -> Result<String> {
     let admin = cp.admin_client().await?;
@@ -432,32 +421,9 @@ async fn annotating_a_deployment_injects_its_new_pods_and_removing_it_stops() ->
             let first = wait_pods(cp, &ns, 1, "web's first pod", |_| true).await?;
             assert!(first.iter().all(untouched));
 
-            cp.kubectl_ok(
-                &[
-                    "annotate",
-                    "-n",
-                    &ns,
-                    "deployment",
-                    "web",
-                    &format!("{}=true", annotations::ENABLED),
-                ],
-                None,
-            )
-            .await?;
-            let template = cp
-                .kubectl_ok(
-                    &[
-                        "get",
-                        "-n",
-                        &ns,
-                        "deployment",
-                        "web",
-                        "-o",
-                        "jsonpath={.spec.template.metadata.annotations}",
-                    ],
-                    None,
-                )
-                .await?;
+            let template =
+                annotate_deployment(cp, &ns, "web", &format!("{}=true", annotations::ENABLED))
+                    .await?;
             assert!(
                 template.contains(annotations::ENABLED)
                     && template.contains(annotations::PROPAGATED),
@@ -483,32 +449,8 @@ async fn annotating_a_deployment_injects_its_new_pods_and_removing_it_stops() ->
                 assert!(problems.is_empty(), "{problems:?}");
             }
 
-            cp.kubectl_ok(
-                &[
-                    "annotate",
-                    "-n",
-                    &ns,
-                    "deployment",
-                    "web",
-                    &format!("{}-", annotations::ENABLED),
-                ],
-                None,
-            )
-            .await?;
-            let template = cp
-                .kubectl_ok(
-                    &[
-                        "get",
-                        "-n",
-                        &ns,
-                        "deployment",
-                        "web",
-                        "-o",
-                        "jsonpath={.spec.template.metadata.annotations}",
-                    ],
-                    None,
-                )
-                .await?;
+            let template =
+                annotate_deployment(cp, &ns, "web", &format!("{}-", annotations::ENABLED)).await?;
             assert!(
                 !template.contains(annotations::ENABLED),
                 "propagated annotation removed: {template}"
@@ -550,6 +492,38 @@ async fn annotating_a_deployment_injects_its_new_pods_and_removing_it_stops() ->
     )
 }
 
+/// `kubectl create --dry-run=server -o json` of `object` (`what` names it in a failure); returns
+/// the object as the API server would have stored it.
+async fn server_dry_run(
+    cp: &ControlPlane,
+    ns: &str,
+    object: &serde_json::Value,
+    what: &str,
+) -> Result<serde_json::Value> {
+    let out = cp
+        .kubectl(
+            &[
+                "create",
+                "-n",
+                ns,
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            Some(&object.to_string()),
+        )
+        .await?;
+    if !out.success {
+        return Err(fail(
+            format!("kubectl create --dry-run=server of {what}"),
+            out.stderr,
+        ));
+    }
+    serde_json::from_str(&out.stdout).map_err(|e| fail("dry-run output", e.to_string()))
+}
+
 #[tokio::test]
 async fn a_server_side_dry_run_creates_nothing() -> Result<()> {
     let env = env().await?;
@@ -558,63 +532,21 @@ async fn a_server_side_dry_run_creates_nothing() -> Result<()> {
     explain(
         async {
             let pod = pod_json("dry", enabled());
-            let out = cp
-                .kubectl(
-                    &[
-                        "create",
-                        "-n",
-                        &ns,
-                        "--dry-run=server",
-                        "-o",
-                        "json",
-                        "-f",
-                        "-",
-                    ],
-                    Some(&pod.to_string()),
-                )
-                .await?;
-            if !out.success {
-                return Err(fail(
-                    "kubectl create --dry-run=server of an annotated pod",
-                    out.stderr,
-                ));
-            }
-            let returned: serde_json::Value = serde_json::from_str(&out.stdout)
-                .map_err(|e| fail("dry-run output", e.to_string()))?;
+            let returned = server_dry_run(cp, &ns, &pod, "an annotated pod").await?;
             assert!(
                 is_injected(&returned),
                 "the dry-run shows the injected pod: {returned:#}"
             );
 
             let d = deployment_json("dry", 1, None, Some(enabled()));
-            let out = cp
-                .kubectl(
-                    &[
-                        "create",
-                        "-n",
-                        &ns,
-                        "--dry-run=server",
-                        "-o",
-                        "json",
-                        "-f",
-                        "-",
-                    ],
-                    Some(&d.to_string()),
-                )
-                .await?;
-            if !out.success {
-                return Err(fail(
-                    "kubectl create --dry-run=server of an annotated Deployment",
-                    out.stderr,
-                ));
-            }
+            server_dry_run(cp, &ns, &d, "an annotated Deployment").await?;
 
             // Give any (wrong) side effect time to land, then check nothing exists.
             tokio::time::sleep(Duration::from_secs(2)).await;
             let admin = cp.admin_client().await?;
             assert!(self::pods(cp, &ns).await?.is_empty(), "no pod");
             assert!(
-                Api::<Deployment>::namespaced(admin.clone(), &ns)
+                Api::<Deployment>::namespaced(admin, &ns)
                     .list(&ListParams::default())
                     .await
                     .map_err(|e| fail("deployments", e.to_string()))?
@@ -623,19 +555,11 @@ async fn a_server_side_dry_run_creates_nothing() -> Result<()> {
                 "no Deployment"
             );
             assert!(
-                Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
-                    .get_opt(contract::SERVICE_ACCOUNT)
-                    .await
-                    .map_err(|e| fail("SA", e.to_string()))?
-                    .is_none(),
+                !exists::<ServiceAccount>(cp, &ns, contract::SERVICE_ACCOUNT).await?,
                 "no ServiceAccount created by a dry-run"
             );
             assert!(
-                Api::<RoleBinding>::namespaced(admin, &ns)
-                    .get_opt(contract::ROLE_BINDING)
-                    .await
-                    .map_err(|e| fail("RoleBinding", e.to_string()))?
-                    .is_none(),
+                !exists::<RoleBinding>(cp, &ns, contract::ROLE_BINDING).await?,
                 "no RoleBinding created by a dry-run"
             );
             Ok(())

@@ -9,7 +9,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -19,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use testenv::webhook::{loopback_webhook_configuration, shipped_webhook_configuration};
+use testenv::webhook::{
+    create_webhook_configuration, loopback_webhook_configuration, shipped_webhook_configuration,
+};
 use testenv::{ControlPlane, Result, eventually, fail};
 
 /// The namespace the fixtures are captured in (the router tests expect it).
@@ -133,6 +134,11 @@ fn is_pod_create(r: &Value) -> bool {
     r["kind"]["kind"] == "Pod" && r["operation"] == "CREATE"
 }
 
+/// An UPDATE of Deployment `name` (what `kubectl annotate` sends).
+fn is_deployment_update(r: &Value, name: &str) -> bool {
+    r["kind"]["kind"] == "Deployment" && r["operation"] == "UPDATE" && r["name"] == name
+}
+
 fn owned_by_replicaset_of(r: &Value, deployment: &str) -> bool {
     is_pod_create(r)
         && r["object"]["metadata"]["ownerReferences"][0]["name"]
@@ -205,12 +211,7 @@ async fn what_the_api_server_sends_the_webhook() -> Result<()> {
         &url,
         Some(&pki.ca_pem),
     )?;
-    let mwc: MutatingWebhookConfiguration =
-        serde_json::from_value(mwc).map_err(|e| fail("configuration", e.to_string()))?;
-    Api::<MutatingWebhookConfiguration>::all(admin.clone())
-        .create(&PostParams::default(), &mwc)
-        .await
-        .map_err(|e| fail("creating the capture configuration", e.to_string()))?;
+    create_webhook_configuration(&cp, &mwc).await?;
 
     let pods = Api::<Pod>::namespaced(admin.clone(), NS);
     let deployments = Api::<Deployment>::namespaced(admin.clone(), NS);
@@ -394,22 +395,10 @@ async fn what_the_api_server_sends_the_webhook() -> Result<()> {
         .create(&PostParams::default(), &web)
         .await
         .map_err(|e| fail("creating web", e.to_string()))?;
-    cp.kubectl_ok(
-        &[
-            "annotate",
-            "-n",
-            NS,
-            "deployment",
-            "web",
-            "leader-election/enabled=true",
-        ],
-        None,
-    )
-    .await?;
+    cp.kubectl_annotate(NS, "deployment", "web", "leader-election/enabled=true")
+        .await?;
     let r = captured(&reviews, "the annotate UPDATE", |r| {
-        r["kind"]["kind"] == "Deployment"
-            && r["operation"] == "UPDATE"
-            && r["name"] == "web"
+        is_deployment_update(r, "web")
             && r["object"]["metadata"]["annotations"]["leader-election/enabled"] == "true"
     })
     .await?;
@@ -434,22 +423,10 @@ async fn what_the_api_server_sends_the_webhook() -> Result<()> {
         .patch("web", &PatchParams::default(), &Patch::Merge(&propagated))
         .await
         .map_err(|e| fail("patching web's template", e.to_string()))?;
-    cp.kubectl_ok(
-        &[
-            "annotate",
-            "-n",
-            NS,
-            "deployment",
-            "web",
-            "leader-election/enabled-",
-        ],
-        None,
-    )
-    .await?;
+    cp.kubectl_annotate(NS, "deployment", "web", "leader-election/enabled-")
+        .await?;
     let r = captured(&reviews, "the remove UPDATE", |r| {
-        r["kind"]["kind"] == "Deployment"
-            && r["operation"] == "UPDATE"
-            && r["name"] == "web"
+        is_deployment_update(r, "web")
             && r["oldObject"]["metadata"]["annotations"]["leader-election/enabled"] == "true"
             && r["object"]["metadata"]["annotations"]
                 .get("leader-election/enabled")

@@ -8,32 +8,13 @@ use std::time::Duration;
 use base64::Engine;
 use contract::{annotations, deploy};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use testenv::webhook::{
-    Webhook, apply_shipped_rbac, loopback_webhook_configuration, shipped_webhook_configuration,
+    Webhook, apply_shipped_rbac, ca_bundle, create_webhook_configuration,
+    loopback_webhook_configuration, shipped_webhook_configuration,
 };
 use testenv::{ControlPlane, Result, eventually, fail, procs};
-
-/// The caBundle of every entry, if all entries have the same one.
-fn ca_bundle(mwc: &MutatingWebhookConfiguration) -> Option<Vec<u8>> {
-    let bundles: Vec<Vec<u8>> = mwc
-        .webhooks
-        .iter()
-        .flatten()
-        .map(|w| {
-            w.client_config
-                .ca_bundle
-                .as_ref()
-                .map(|b| b.0.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    match bundles.first() {
-        Some(b) if !b.is_empty() && bundles.iter().all(|x| x == b) => Some(b.clone()),
-        _ => None,
-    }
-}
 
 #[tokio::test]
 async fn self_provisioned_certificate_is_trusted_by_the_api_server() -> Result<()> {
@@ -63,22 +44,12 @@ async fn self_provisioned_certificate_is_trusted_by_the_api_server() -> Result<(
         &webhook.url(),
         None,
     )?;
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(mwc)
-        .map_err(|e| fail("the adapted configuration", e.to_string()))?;
+    let mwc = create_webhook_configuration(&cp, &mwc).await?;
     let mwcs = Api::<MutatingWebhookConfiguration>::all(admin.clone());
-    mwcs.create(&PostParams::default(), &mwc)
-        .await
-        .map_err(|e| fail("creating the MutatingWebhookConfiguration", e.to_string()))?;
 
     let outcome: Result<()> = async {
         // The Secret holds the CA; the caBundle of every entry is that CA.
-        let secrets = Api::<Secret>::namespaced(admin.clone(), deploy::NAMESPACE);
-        let ca = eventually("the webhook's Secret with ca.crt", Duration::from_secs(60), || async {
-            let s = secrets.get_opt(deploy::TLS_SECRET).await.map_err(|e| e.to_string())?;
-            s.and_then(|s| s.data).and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
-                .ok_or_else(|| format!("no Secret {}/{} with ca.crt yet", deploy::NAMESPACE, deploy::TLS_SECRET))
-        })
-        .await?;
+        let ca = webhook.wait_self_provisioned_ca(&admin, Duration::from_secs(60)).await?;
         let bundle = eventually("the caBundle to be patched", Duration::from_secs(60), || async {
             let m = mwcs.get(deploy::WEBHOOK_CONFIGURATION).await.map_err(|e| e.to_string())?;
             ca_bundle(&m).ok_or_else(|| "caBundle not set on every entry".to_string())
@@ -132,10 +103,5 @@ async fn self_provisioned_certificate_is_trusted_by_the_api_server() -> Result<(
         Ok(())
     }
     .await;
-    outcome.map_err(|e| {
-        fail(
-            e.to_string(),
-            format!("webhook output:\n{}", webhook.proc.output_tail(40)),
-        )
-    })
+    outcome.map_err(|e| webhook.with_output(e))
 }
