@@ -5,6 +5,7 @@
 //! Tests usually share one control plane per test binary ([`shared`]) and use a namespace each;
 //! a test that restarts the API server starts its own ([`ControlPlane::start`]).
 
+pub mod bench;
 pub mod control_plane;
 pub mod demo;
 pub mod elector;
