@@ -26,9 +26,16 @@ log "control-plane binaries (the first run builds Kubernetes 1.20.2 from Debian'
 TESTENV_BIN_DIR=$(bash tests/testenv/provision.sh | tail -n 1)
 export TESTENV_BIN_DIR
 
-log "release build of elector, webhook and bench (opt-level s, LTO: a few minutes the first time)"
+log "release build of elector, webhook and bench (opt-level z, LTO: a few minutes the first time)"
 cargo build --release -p elector --bin elector -p webhook --bin webhook -p testenv --bin bench
 
+# The elector measured is the one the image ships: static, musl (no shared libc pages).
+log "static musl build of the elector (as in images/build.sh)"
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+cargo build --release --target x86_64-unknown-linux-musl -p elector --bin elector
+
 target="${CARGO_TARGET_DIR:-target}"
+elector_arg=(--elector-bin "$target/x86_64-unknown-linux-musl/release/elector")
+for arg in "$@"; do case "$arg" in --elector-bin*) elector_arg=() ;; esac; done
 log "running the bench ($(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
-exec "$target/release/bench" "$@"
+exec "$target/release/bench" "${elector_arg[@]}" "$@"
