@@ -44,4 +44,9 @@ step "build the binaries the integration tests run"
 cargo build --workspace --bins --locked
 
 step "unit, simulation and integration tests"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole run (cargo's own last line is the last crate's doc-tests).
+awk '/^test result:/ { p += $4; f += $6; s += $8 }
+     END { printf "\ntests: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; print "" }' "$log"
