@@ -211,7 +211,29 @@ impl std::fmt::Display for TimingsError {
 
 impl std::error::Error for TimingsError {}
 
+/// Formats a duration exactly, the way the elector's duration flags (and Go's
+/// `time.ParseDuration`) read it: `15s`, `1500ms`, or nanoseconds when finer.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}ns", d.as_nanos())
+    }
+}
+
 impl Timings {
+    /// The elector flags that carry these timings (`--lease-duration=15s`, …).
+    pub fn flag_args(&self) -> [String; 3] {
+        [
+            (flags::LEASE_DURATION, self.lease_duration),
+            (flags::RENEW_DEADLINE, self.renew_deadline),
+            (flags::RETRY_PERIOD, self.retry_period),
+        ]
+        .map(|(flag, d)| format!("--{flag}={}", format_duration(d)))
+    }
+
     /// Derives renew deadline and retry period from a lease duration in the defaults' ratio
     /// (15 s : 10 s : 2 s), as the classic sidecar's `--ttl` did with a single value.
     pub fn from_ttl(ttl: Duration) -> Self {
@@ -307,6 +329,20 @@ mod tests {
             retry_period: Duration::from_millis(100),
         };
         assert!(t.validate(NAMES).unwrap_err().0.contains("whole seconds"));
+    }
+
+    #[test]
+    fn timings_as_flags() {
+        assert_eq!(
+            Timings::default().flag_args(),
+            [
+                "--lease-duration=15s",
+                "--renew-deadline=10s",
+                "--retry-period=2s"
+            ]
+        );
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_micros(10_500)), "10500000ns");
     }
 
     #[test]

@@ -1419,25 +1419,12 @@ pub async fn elector_scenario(
     window: Duration,
     baseline: &Baseline,
 ) -> Result<ElectorResult> {
-    let timings = profile.timings();
-    let ns = cp
-        .create_namespace(&format!("bench-{n}-{}", profile.name()))
-        .await?;
-    cp.create_service_account(&ns, contract::SERVICE_ACCOUNT)
-        .await?;
-    manifests::bind_elector_role(cp, &ns, contract::SERVICE_ACCOUNT).await?;
-    let kubeconfig = cp
-        .service_account_kubeconfig(&ns, contract::SERVICE_ACCOUNT)
-        .await?;
+    let mut spec =
+        crate::elector::election(cp, &format!("bench-{n}-{}", profile.name()), LEASE).await?;
+    spec.timings = profile.timings();
     let mut election = Election {
         bin: bin.to_path_buf(),
-        spec: ElectorSpec {
-            lease: LEASE.into(),
-            namespace: ns.clone(),
-            kubeconfig,
-            timings,
-            extra_args: vec![],
-        },
+        spec,
         log_dir: procs::scratch_dir(&format!("electors-{n}-{}", profile.name()))?,
         electors: Vec::new(),
         spawned: 0,
@@ -2466,7 +2453,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let mut electors = Vec::new();
     let mut baseline = None;
     if opts.elector {
-        manifests::apply_elector_cluster_role(&cp).await?;
+        manifests::ensure_elector_cluster_roles(&cp).await?;
         eprintln!(
             "bench: baseline: the control plane's own lease traffic for {:?}",
             opts.baseline

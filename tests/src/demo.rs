@@ -23,8 +23,7 @@ use kube::api::{Api, ListParams};
 use serde_json::Value;
 
 use crate::elector::{
-    Elector, agreed_leader, ask, duration_arg, explain, leader_and_rest, wait_for_agreed_leader,
-    with_output,
+    Elector, agreed_leader, ask, explain, leader_and_rest, wait_for_agreed_leader, with_output,
 };
 use crate::error::{Context, Error, Result, fail};
 use crate::procs;
@@ -135,21 +134,7 @@ pub fn elector_args_for_pod(
         out.push(a.clone());
     }
     if let Some(t) = timings {
-        out.push(format!(
-            "--{}={}",
-            flags::LEASE_DURATION,
-            duration_arg(t.lease_duration)
-        ));
-        out.push(format!(
-            "--{}={}",
-            flags::RENEW_DEADLINE,
-            duration_arg(t.renew_deadline)
-        ));
-        out.push(format!(
-            "--{}={}",
-            flags::RETRY_PERIOD,
-            duration_arg(t.retry_period)
-        ));
+        out.extend(t.flag_args());
     }
     out.push(format!("--{}={id}", flags::ID));
     out.push(format!("--{}={namespace}", flags::ELECTION_NAMESPACE));
@@ -727,9 +712,9 @@ fn print_summary(ui: &Ui, s: &Summary, total: Duration, cleanup: &str) {
     if let Some(t) = s.timings {
         println!(
             "   elector timings: lease {}, renew deadline {}, retry period {}",
-            duration_arg(t.lease_duration),
-            duration_arg(t.renew_deadline),
-            duration_arg(t.retry_period)
+            contract::format_duration(t.lease_duration),
+            contract::format_duration(t.renew_deadline),
+            contract::format_duration(t.retry_period)
         );
     }
     println!("   first leader: {}", s.first_leader);
@@ -1324,7 +1309,7 @@ async fn handover_and_failover(
     let (new_leader, last) = leader_and_rest(survivors.iter().copied(), &next)?;
     ui.say(&format!(
         "SIGKILL -> {next} (the new leader); expect about the lease duration ({}) before a survivor leads",
-        duration_arg(timings.lease_duration)
+        contract::format_duration(timings.lease_duration)
     ));
     let seen = leader_line_counts(&last);
     let t1 = Instant::now();
@@ -1334,7 +1319,7 @@ async fn handover_and_failover(
     println!(
         "   crash failover: {third} leads {} after SIGKILL to {next} (lease duration {})",
         secs(failover),
-        duration_arg(timings.lease_duration)
+        contract::format_duration(timings.lease_duration)
     );
     ui.say(
         "(The standbys count the lease duration from the last renew they saw, which came up to one",

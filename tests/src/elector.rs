@@ -58,15 +58,6 @@ pub async fn election(cp: &ControlPlane, prefix: &str, lease: &str) -> Result<El
     })
 }
 
-/// `4s`, `1500ms`: what the elector's humantime flags accept.
-pub fn duration_arg(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 /// The elector's command line for one candidate.
 pub fn elector_args(spec: &ElectorSpec, id: &str, addr: SocketAddr) -> Vec<String> {
     let mut args = vec![
@@ -74,22 +65,8 @@ pub fn elector_args(spec: &ElectorSpec, id: &str, addr: SocketAddr) -> Vec<Strin
         format!("--{}={}", flags::ELECTION_NAMESPACE, spec.namespace),
         format!("--{}={id}", flags::ID),
         format!("--{}={addr}", flags::HTTP),
-        format!(
-            "--{}={}",
-            flags::LEASE_DURATION,
-            duration_arg(spec.timings.lease_duration)
-        ),
-        format!(
-            "--{}={}",
-            flags::RENEW_DEADLINE,
-            duration_arg(spec.timings.renew_deadline)
-        ),
-        format!(
-            "--{}={}",
-            flags::RETRY_PERIOD,
-            duration_arg(spec.timings.retry_period)
-        ),
     ];
+    args.extend(spec.timings.flag_args());
     args.extend(spec.extra_args.iter().cloned());
     args
 }
@@ -509,7 +486,10 @@ mod tests {
                 "--log-format=json",
             ]
         );
-        assert_eq!(duration_arg(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(
+            contract::format_duration(Duration::from_millis(1500)),
+            "1500ms"
+        );
         FAST.validate(("l", "r", "p"))
             .expect("fast timings are valid");
     }

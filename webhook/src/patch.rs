@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
-use crate::settings::{self, Denial, NativeMode, PodSettings, format_duration};
+use crate::settings::{self, Denial, NativeMode, PodSettings};
 
 /// Projected volume giving the elector its own API credentials (see [`elector_volume`]).
 pub const API_ACCESS_VOLUME: &str = "leader-elector-api-access";
@@ -256,22 +256,8 @@ pub fn elector(plan: &Plan, ctx: &PodContext<'_>, native: bool) -> Value {
     let mut args = vec![
         format!("--{}={}", flags::ELECTION, plan.lease),
         format!("--{}=0.0.0.0:{}", flags::HTTP, s.port),
-        format!(
-            "--{}={}",
-            flags::LEASE_DURATION,
-            format_duration(s.timings.lease_duration)
-        ),
-        format!(
-            "--{}={}",
-            flags::RENEW_DEADLINE,
-            format_duration(s.timings.renew_deadline)
-        ),
-        format!(
-            "--{}={}",
-            flags::RETRY_PERIOD,
-            format_duration(s.timings.retry_period)
-        ),
     ];
+    args.extend(s.timings.flag_args());
     if s.leader_label {
         args.push(format!("--{}", flags::LEADER_LABEL));
     }

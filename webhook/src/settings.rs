@@ -120,15 +120,6 @@ fn parse_duration(key: &str, value: &str) -> Result<Duration, Denial> {
     }
 }
 
-/// Formats a duration so both humantime and Go's `time.ParseDuration` read it back.
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 && d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 /// Reads and validates every setting annotation; the first bad one is refused with a message
 /// naming it and its expected form.
 pub fn parse_settings(annotations: Option<&Annotations>) -> Result<PodSettings, Denial> {
@@ -263,10 +254,16 @@ mod tests {
 
     #[test]
     fn durations_format_for_both_parsers() {
-        assert_eq!(format_duration(Duration::from_secs(15)), "15s");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(contract::format_duration(Duration::from_secs(15)), "15s");
+        assert_eq!(
+            contract::format_duration(Duration::from_millis(1500)),
+            "1500ms"
+        );
         for d in [Duration::from_secs(90), Duration::from_millis(250)] {
-            assert_eq!(humantime::parse_duration(&format_duration(d)).unwrap(), d);
+            assert_eq!(
+                humantime::parse_duration(&contract::format_duration(d)).unwrap(),
+                d
+            );
         }
     }
 
