@@ -990,25 +990,21 @@ pub fn figures(
             ));
         }
     }
-    if let Some(b) = binaries.elector_bytes {
-        out.push(Figure::at_most(
-            "elector binary (release, stripped)",
-            b as f64 / 1e6,
-            "MB",
-            SIZE_BUDGET_BYTES / 1e6,
-            "≤ 8 MB".into(),
-            SIZE_BUDGET_BYTES / 1e6,
-        ));
-    }
-    if let Some(b) = binaries.elector_musl_bytes {
-        out.push(Figure::at_most(
-            "elector binary (static musl)",
-            b as f64 / 1e6,
-            "MB",
-            SIZE_BUDGET_BYTES / 1e6,
-            "≤ 8 MB".into(),
-            SIZE_BUDGET_BYTES / 1e6,
-        ));
+    let elector_binaries = [
+        ("elector binary (release, stripped)", binaries.elector_bytes),
+        ("elector binary (static musl)", binaries.elector_musl_bytes),
+    ];
+    for (name, bytes) in elector_binaries {
+        if let Some(b) = bytes {
+            out.push(Figure::at_most(
+                name,
+                b as f64 / 1e6,
+                "MB",
+                SIZE_BUDGET_BYTES / 1e6,
+                "≤ 8 MB".into(),
+                SIZE_BUDGET_BYTES / 1e6,
+            ));
+        }
     }
     if let Some(b) = binaries.webhook_bytes {
         out.push(Figure::info(
