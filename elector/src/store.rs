@@ -1,6 +1,7 @@
 //! Where the Lease lives: the API server ([`KubeStore`]) or memory ([`MemoryStore`], with the
 //! API server's optimistic-concurrency rules, for tests and the simulation).
 
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::LocalBoxStream;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 
 use crate::election::{Failure, LeaseRecord, Snapshot, StoredLease, WatchItem};
 use crate::error::StoreError;
@@ -222,6 +223,7 @@ impl MemoryStore {
                     acquire_time: None,
                     renew_time: None,
                     transitions: 0,
+                    released: false,
                 },
                 resource_version: String::new(),
             }),
@@ -255,7 +257,7 @@ fn memory_error(failure: Failure, verb: &'static str) -> StoreError {
         Failure::AlreadyExists => StoreError::AlreadyExists,
         Failure::NotFound => StoreError::NotFound { verb },
         Failure::Gone => StoreError::Gone,
-        Failure::Transient | Failure::Permanent => StoreError::Other {
+        Failure::Transient | Failure::Throttled(_) | Failure::Permanent => StoreError::Other {
             verb,
             message: format!("{failure:?}"),
         },
@@ -331,9 +333,11 @@ pub struct KubeStore {
     namespace: String,
     url: String,
     timeout: Duration,
-    /// Last full object seen, so a replace keeps labels, annotations and fields we do not manage.
-    last: Arc<Mutex<Option<Lease>>>,
 }
+
+/// Annotation on the Lease marking a free record as a graceful release by its holder (see
+/// [`LeaseRecord::released`]); every claim removes it.
+pub const RELEASED_ANNOTATION: &str = "leader-election/released";
 
 /// Server-side watch timeout; the API server closes the watch after it and we re-watch.
 const WATCH_TIMEOUT_SECS: u32 = 290;
@@ -355,7 +359,6 @@ impl KubeStore {
             namespace: namespace.to_owned(),
             url,
             timeout,
-            last: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -365,14 +368,6 @@ impl KubeStore {
 
     fn err(&self, e: kube::Error, verb: &'static str) -> StoreError {
         StoreError::from_kube(e, verb, &self.namespace, &self.url)
-    }
-
-    fn remember(&self, lease: &Lease) {
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *last = Some(lease.clone());
     }
 
     async fn bounded<T>(
@@ -390,34 +385,59 @@ impl KubeStore {
         }
     }
 
-    fn object(&self, record: &LeaseRecord, resource_version: Option<String>) -> Lease {
-        let base = {
-            let last = self
-                .last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            last.clone()
-                .filter(|l| l.metadata.resource_version == resource_version)
-        };
-        let mut lease = base.unwrap_or_else(|| Lease {
+    /// A new Lease carrying `record`.
+    fn object(&self, record: &LeaseRecord) -> Lease {
+        let annotations = record
+            .released
+            .then(|| BTreeMap::from([(RELEASED_ANNOTATION.to_owned(), "true".to_owned())]));
+        Lease {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 namespace: Some(self.namespace.clone()),
+                annotations,
                 ..ObjectMeta::default()
             },
-            spec: None,
-        });
-        lease.metadata.resource_version = resource_version;
-        lease.metadata.managed_fields = None;
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        // client-go writes "" (not null) when releasing; readers treat both as free.
-        spec.holder_identity = Some(record.holder.clone().unwrap_or_default());
-        spec.lease_duration_seconds = Some(record.lease_duration_seconds);
-        spec.acquire_time = record.acquire_time.map(MicroTime);
-        spec.renew_time = record.renew_time.map(MicroTime);
-        spec.lease_transitions = Some(record.transitions);
-        lease
+            spec: Some(LeaseSpec {
+                // client-go writes "" (not null) when releasing; readers treat both as free.
+                holder_identity: Some(record.holder.clone().unwrap_or_default()),
+                lease_duration_seconds: Some(record.lease_duration_seconds),
+                acquire_time: record.acquire_time.map(MicroTime),
+                renew_time: record.renew_time.map(MicroTime),
+                lease_transitions: Some(record.transitions),
+                ..LeaseSpec::default()
+            }),
+        }
     }
+}
+
+/// A JSON merge patch that sets the election fields (and the release mark) and nothing else, so
+/// labels, annotations, ownerReferences and spec fields we do not manage are kept as the server
+/// has them. `metadata.resourceVersion` makes it conditional: the API server answers 409 when
+/// the Lease changed since (an empty one makes it unconditional).
+pub fn election_patch(record: &LeaseRecord, resource_version: &str) -> serde_json::Value {
+    let time = |t: Option<jiff::Timestamp>| {
+        t.map(MicroTime)
+            .and_then(|t| serde_json::to_value(t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let mut metadata = serde_json::json!({
+        "annotations": {
+            RELEASED_ANNOTATION: if record.released { serde_json::json!("true") } else { serde_json::Value::Null },
+        },
+    });
+    if !resource_version.is_empty() {
+        metadata["resourceVersion"] = serde_json::json!(resource_version);
+    }
+    serde_json::json!({
+        "metadata": metadata,
+        "spec": {
+            "holderIdentity": record.holder.clone().unwrap_or_default(),
+            "leaseDurationSeconds": record.lease_duration_seconds,
+            "acquireTime": time(record.acquire_time),
+            "renewTime": time(record.renew_time),
+            "leaseTransitions": record.transitions,
+        },
+    })
 }
 
 /// The election fields of a Lease object.
@@ -430,6 +450,11 @@ pub fn to_stored(lease: &Lease) -> StoredLease {
             acquire_time: spec.acquire_time.map(|t| t.0),
             renew_time: spec.renew_time.map(|t| t.0),
             transitions: spec.lease_transitions.unwrap_or(0),
+            released: lease
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.get(RELEASED_ANNOTATION).is_some_and(|v| v == "true")),
         }
         .normalized(),
         resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
@@ -446,9 +471,6 @@ impl LeaseStore for KubeStore {
             .items
             .iter()
             .find(|l| l.metadata.name.as_deref() == Some(self.name.as_str()));
-        if let Some(l) = lease {
-            self.remember(l);
-        }
         Ok(Snapshot {
             lease: lease.map(to_stored),
             resource_version: list.metadata.resource_version.unwrap_or_default(),
@@ -456,11 +478,10 @@ impl LeaseStore for KubeStore {
     }
 
     async fn create(&self, record: LeaseRecord) -> Result<StoredLease, StoreError> {
-        let obj = self.object(&record, None);
+        let obj = self.object(&record);
         let created = self
             .bounded("create", self.api.create(&PostParams::default(), &obj))
             .await?;
-        self.remember(&created);
         Ok(to_stored(&created))
     }
 
@@ -469,14 +490,14 @@ impl LeaseStore for KubeStore {
         record: LeaseRecord,
         resource_version: String,
     ) -> Result<StoredLease, StoreError> {
-        let obj = self.object(&record, Some(resource_version));
+        let patch = election_patch(&record, &resource_version);
         let replaced = self
             .bounded(
                 "update",
-                self.api.replace(&self.name, &PostParams::default(), &obj),
+                self.api
+                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),
             )
             .await?;
-        self.remember(&replaced);
         Ok(to_stored(&replaced))
     }
 
@@ -489,11 +510,16 @@ impl LeaseStore for KubeStore {
             .fields(&self.field_selector())
             .timeout(WATCH_TIMEOUT_SECS);
         let start = async move {
-            let stream = store
-                .api
-                .watch(&wp, &resource_version)
-                .await
-                .map_err(|e| store.err(e, "watch"))?;
+            // A half-open connection would otherwise hang the watch start for good.
+            let started =
+                tokio::time::timeout(store.timeout, store.api.watch(&wp, &resource_version))
+                    .await
+                    .map_err(|_| StoreError::Timeout {
+                        verb: "watch",
+                        url: store.url.clone(),
+                        timeout: store.timeout,
+                    })?;
+            let stream = started.map_err(|e| store.err(e, "watch"))?;
             Ok::<_, StoreError>((store, stream.boxed()))
         };
         futures::stream::once(start)
@@ -520,7 +546,6 @@ impl LeaseStore for KubeStore {
                                     Ok(Some(Err(e))) => Err(store.err(e, "watch")),
                                     Ok(Some(Ok(ev))) => match ev {
                                         WatchEvent::Added(l) | WatchEvent::Modified(l) => {
-                                            store.remember(&l);
                                             Ok(WatchItem::Changed(to_stored(&l)))
                                         }
                                         WatchEvent::Deleted(l) => Ok(WatchItem::Deleted {
@@ -561,6 +586,7 @@ mod tests {
             acquire_time: None,
             renew_time: None,
             transitions,
+            released: false,
         }
     }
 
@@ -663,6 +689,7 @@ mod tests {
             acquire_time: Some(ts),
             renew_time: Some(ts),
             transitions: 3,
+            released: false,
         };
         let lease = Lease {
             metadata: ObjectMeta {
@@ -686,5 +713,44 @@ mod tests {
             s.holder_identity = Some(String::new());
         }
         assert_eq!(to_stored(&empty).record.holder, None);
+        empty.metadata.annotations = Some(BTreeMap::from([(
+            RELEASED_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]));
+        assert!(to_stored(&empty).record.released);
+    }
+
+    #[test]
+    fn the_patch_sets_only_election_fields_and_guards_the_resource_version() {
+        let ts = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let record = LeaseRecord {
+            holder: Some("pod-a".into()),
+            lease_duration_seconds: 15,
+            acquire_time: Some(ts),
+            renew_time: None,
+            transitions: 4,
+            released: false,
+        };
+        let p = election_patch(&record, "42");
+        assert_eq!(p["metadata"]["resourceVersion"], "42");
+        // null removes the release mark; no labels, ownerReferences or other keys are sent.
+        assert_eq!(
+            p["metadata"]["annotations"][RELEASED_ANNOTATION],
+            serde_json::Value::Null
+        );
+        assert_eq!(p["metadata"].as_object().unwrap().len(), 2);
+        assert_eq!(p["spec"]["holderIdentity"], "pod-a");
+        assert_eq!(p["spec"]["leaseTransitions"], 4);
+        assert_eq!(p["spec"]["renewTime"], serde_json::Value::Null);
+        assert_eq!(p["spec"]["acquireTime"], "2023-11-14T22:13:20.000000Z");
+        let release = LeaseRecord {
+            holder: None,
+            released: true,
+            ..record
+        };
+        let p = election_patch(&release, "");
+        assert!(p["metadata"].get("resourceVersion").is_none());
+        assert_eq!(p["metadata"]["annotations"][RELEASED_ANNOTATION], "true");
+        assert_eq!(p["spec"]["holderIdentity"], "");
     }
 }
