@@ -42,34 +42,29 @@ fn after_a_delete_nobody_claims_for_a_lease_duration_and_transitions_go_up() {
     };
     b.on_watch(at(2.0, 0), WatchItem::Deleted { resource_version });
     assert_eq!(b.leader(secs(2.0)), None);
-    // b does not create before 2 + 15 s, however often it is asked.
-    for s in [2.0, 5.0, 16.9] {
-        assert_eq!(
-            b.poll(at(s, 0)),
-            Action::Sleep {
-                until: Some(secs(17.0))
-            },
-            "at {s}"
-        );
-    }
-    // a, still claiming from its own view, tries to renew, gets NotFound, re-reads and stops.
-    let Action::Replace { .. } = a.poll(at(5.0, 0)) else {
-        panic!()
-    };
-    a.on_write(at(5.1, 0), Err(Failure::NotFound));
-    a.on_read(at(5.2, 0), Ok(t.get()));
-    assert!(!a.is_leader(secs(5.2)));
-    // a may not re-create before its own lease duration has passed either.
-    assert!(matches!(
-        a.poll(at(5.2, 0)),
-        Action::Watch { .. } | Action::Sleep { .. }
-    ));
-    assert!(matches!(a.poll(at(5.2, 0)), Action::Sleep { until: Some(u) } if u >= secs(20.2)));
-    // b re-creates at 17 s with the highest transitions it saw + 1.
-    let Action::Create(r) = b.poll(at(17.0, 0)) else {
+    // b re-creates at once, with the highest transitions it saw + 1...
+    let Action::Create(r) = b.poll(at(2.0, 0)) else {
         panic!()
     };
     assert_eq!(r.transitions, 7);
+    b.on_write(at(2.1, 0), t.create(r).map(|(l, _)| l));
+    // ...but holds it for a lease duration from the create's response before claiming, however
+    // it renews meanwhile.
+    for s in [2.1, 7.0, 12.0, 17.0] {
+        settle(&mut b, &mut t, at(s, 0));
+        assert!(!b.is_leader(secs(s)), "at {s}");
+    }
+    assert!(b.is_leader(secs(17.1)));
+    // a, still claiming from its own view, tries to renew, gets a conflict, re-reads and stops,
+    // never later than its renew deadline (10 s).
+    let Action::Replace { .. } = a.poll(at(5.0, 0)) else {
+        panic!()
+    };
+    assert!(a.is_leader(secs(5.0)) && !a.is_leader(secs(10.0)));
+    a.on_write(at(5.1, 0), Err(Failure::Conflict));
+    a.on_read(at(5.2, 0), Ok(t.get()));
+    assert!(!a.is_leader(secs(5.2)));
+    assert_eq!(a.leader(secs(5.2)).as_deref(), Some("b"));
 }
 
 #[test]

@@ -23,7 +23,8 @@ fn acquires_an_absent_lease_with_client_go_fields() {
     assert_eq!(l.holder.as_deref(), Some("a"));
     assert_eq!(l.lease_duration_seconds, 15);
     assert_eq!(l.transitions, 0);
-    assert_eq!(l.acquire_time, Some(now.wall));
+    // Acquired by the create a lease duration earlier, renewed now.
+    assert_eq!(l.acquire_time, Some(at(85.0, 0).wall));
     assert_eq!(l.renew_time, Some(now.wall));
     // Next wake-up: the renew, one renew interval (a third of the lease duration) after the
     // acquire started.
@@ -172,12 +173,11 @@ fn already_exists_on_create_means_reread() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
     let mut b = Candidate::new("b", timings(), 2);
-    let first = at(-15.0, 0);
-    assert_eq!(a.poll(first), Action::Get);
-    assert_eq!(b.poll(first), Action::Get);
-    a.on_read(first, Ok(t.get()));
-    b.on_read(first, Ok(t.get()));
     let now = at(0.0, 0);
+    assert_eq!(a.poll(now), Action::Get);
+    assert_eq!(b.poll(now), Action::Get);
+    a.on_read(now, Ok(t.get()));
+    b.on_read(now, Ok(t.get()));
     let Action::Create(ra) = next(&mut a, now) else {
         panic!()
     };
@@ -190,22 +190,35 @@ fn already_exists_on_create_means_reread() {
     b.on_write(now, res);
     assert_eq!(b.poll(now), Action::Get);
     b.on_read(now, Ok(t.get()));
-    assert!(a.is_leader(now.mono));
     assert!(!b.is_leader(now.mono));
     assert_eq!(b.leader(now.mono).as_deref(), Some("a"));
+    // a holds the lease it created, and claims a lease duration after the create.
+    assert!(!a.is_leader(now.mono));
+    assert_eq!(a.view().claim_from, Some(secs(15.0)));
 }
 
 #[test]
 fn claim_counts_from_renew_start_not_completion() {
     let mut t = LeaseTable::default();
+    force(
+        &mut t,
+        LeaseRecord {
+            released: true,
+            ..record(None, at(-1.0, 0).wall, 0)
+        },
+    );
     let mut a = Candidate::new("a", timings(), 1);
-    // The acquire request starts at 0 and its response arrives 3 s later.
-    assert_eq!(a.poll(at(-15.0, 0)), Action::Get);
-    a.on_read(at(-15.0, 0), Ok(t.get()));
-    let Action::Create(r) = next(&mut a, at(0.0, 0)) else {
+    // The takeover request starts at 0 and its response arrives 3 s later.
+    assert_eq!(a.poll(at(0.0, 0)), Action::Get);
+    a.on_read(at(0.0, 0), Ok(t.get()));
+    let Action::Replace {
+        record: r,
+        resource_version,
+    } = next(&mut a, at(0.0, 0))
+    else {
         panic!()
     };
-    a.on_write(at(3.0, 0), t.create(r).map(|(s, _)| s));
+    a.on_write(at(3.0, 0), t.replace(r, &resource_version).map(|(s, _)| s));
     assert_eq!(a.claim_until(), Some(secs(0.0) + RD));
     assert!(a.is_leader(secs(9.999)));
     assert!(!a.is_leader(secs(10.0)));

@@ -15,11 +15,14 @@
 //! * I only renew a record *this process* wrote (recognised by its exact election fields, which
 //!   carry my wall clock to the microsecond): a record naming my identity that I did not write —
 //!   a second process with my name, or a hand edit — is another holder's;
-//! * when a record that was held (and unexpired by my clock) is deleted or replaced by anything
-//!   but its holder's renewal or release, nobody may claim before a full lease duration of that
-//!   record has passed since I saw the change: its holder may not have seen it and keeps
-//!   claiming until its renew deadline. A process that first finds the lease absent cannot know
-//!   whether it was just deleted, so it waits a lease duration too;
+//! * any record but a release by its holder (marked as such) is waited out for a full lease
+//!   duration from when I saw it change, the longest I have seen for this lease: after a hand
+//!   edit (emptied holder, other holder, shortened duration) the previous holder may not have
+//!   seen the change and keeps claiming until its renew deadline;
+//! * a create cannot be guarded against a delete that happened just before it (the API server
+//!   has no precondition for "still absent since I looked"), so whoever creates the lease holds
+//!   it for a full lease duration (the longest it has seen) from the create's response before it
+//!   claims leadership: any leader of a deleted record has stopped claiming by then;
 //! * `leaseTransitions` never decreases while I remember the lease: a takeover or re-create
 //!   writes the highest value I have seen + 1.
 
@@ -104,7 +107,7 @@ pub enum Mutation {
     ReleaseWithoutResourceVersion,
     /// Judge expiry by my own lease duration instead of the record's.
     OwnLeaseDuration,
-    /// Take over a deleted or rewritten lease without waiting out the previous holder.
+    /// Claim a re-created lease at once instead of holding it a lease duration first.
     NoWaitAfterDelete,
 }
 
@@ -173,14 +176,20 @@ pub struct Candidate {
     /// Since when requests have failed without a success in between (readiness).
     failing_since: Option<Mono>,
     claim_until: Option<Mono>,
+    /// After a create: my claim begins only at this instant (see the module docs).
+    claim_from: Option<Mono>,
+    /// The last create I sent, and a lease duration after I first saw it applied (its response,
+    /// or the record itself when the response was lost).
+    create_attempt: Option<LeaseRecord>,
+    hold_until: Option<Mono>,
+    /// Longest lease duration seen in any record (and my own).
+    max_lease_seen: Duration,
     last_renew_start: Option<Mono>,
     last_renew_wall: Option<Timestamp>,
     /// The last record this process stored, as the store returned it.
     written: Option<LeaseRecord>,
     /// Records sent whose outcome is unknown (lost response, timeout).
     attempts: Vec<LeaseRecord>,
-    /// No claim (create or takeover) before this instant: a previous holder may still claim.
-    fence_until: Option<Mono>,
     /// Highest leaseTransitions seen for this lease.
     max_transitions: Option<i32>,
     ready: bool,
@@ -212,11 +221,14 @@ impl Candidate {
             permanent_failures: 0,
             failing_since: None,
             claim_until: None,
+            claim_from: None,
+            create_attempt: None,
+            hold_until: None,
+            max_lease_seen: timings.lease_duration,
             last_renew_start: None,
             last_renew_wall: None,
             written: None,
             attempts: Vec::new(),
-            fence_until: None,
             max_transitions: None,
             ready: false,
             shutting_down: false,
@@ -290,6 +302,7 @@ impl Candidate {
         }
         v.holder_is_mine = self.holder_is_me();
         v.claim_until = self.claim_until;
+        v.claim_from = self.claim_from;
         v.last_renew_wall = self.last_renew_wall;
         v.ready = self.ready;
         v
@@ -306,6 +319,7 @@ impl Candidate {
     }
 
     fn step_down(&mut self, why: StepDown) {
+        // `claim_from` stays: it is a "not before" instant, harmless once passed.
         if self.claim_until.take().is_some() {
             self.notices.push(Notice::SteppedDown(why));
         }
@@ -325,21 +339,29 @@ impl Candidate {
         }
     }
 
-    /// How long a record stays valid after I observed it.
+    /// How long a record stays valid after I observed it: its own leaseDurationSeconds, but
+    /// never less than any duration I have seen for this lease (or my own). A record whose
+    /// duration someone shortened, or one that follows renewals I missed, may still stand for a
+    /// claim made under the longer duration.
     fn validity(&self, record: &LeaseRecord) -> Duration {
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::OwnLeaseDuration) {
             return self.timings.lease_duration;
         }
-        record.lease_duration()
+        record.lease_duration().max(self.max_lease_seen)
     }
 
-    fn fence(&mut self, until: Mono) {
-        #[cfg(feature = "mutations")]
-        if self.mutated(Mutation::NoWaitAfterDelete) {
-            return;
+    fn note_record(&mut self, now: Mono, record: &LeaseRecord) {
+        self.note_transitions(record.transitions);
+        self.max_lease_seen = self.max_lease_seen.max(record.lease_duration());
+        if self.create_attempt.as_ref() == Some(record) {
+            // My create applied: hold from the first sight of it.
+            if self.hold_until.is_none() {
+                self.hold_until = Some(now + self.max_lease_seen);
+            }
         }
-        self.fence_until = Some(self.fence_until.map_or(until, |f| f.max(until)));
+        // Kept when other records show up meanwhile (a lagging watch may deliver them before my
+        // create): a hold that has passed is harmless, a lost one is not.
     }
 
     fn note_transitions(&mut self, t: i32) {
@@ -349,31 +371,15 @@ impl Candidate {
     /// Records what the store says the lease is now. `at` stamps a change: a later stamp only
     /// delays my judgement of expiry, so stamping on arrival of the response is the safe choice.
     fn observe(&mut self, now: Now, lease: Option<StoredLease>) {
-        // A held record that has not expired by my clock: its holder may still be claiming.
-        let live_previous = match &self.known {
-            Knowledge::Present(o)
-                if o.lease.record.holder.is_some()
-                    && now.mono < o.at + self.validity(&o.lease.record) =>
-            {
-                Some(o.lease.record.clone())
-            }
-            _ => None,
-        };
-        let first_view = self.known == Knowledge::Unknown;
         match lease {
             None => {
-                if let Some(prev) = &live_previous {
-                    self.fence(now.mono + self.validity(prev));
-                } else if first_view {
-                    // It may have been deleted a moment ago under a leader that still claims.
-                    self.fence(now.mono + self.timings.lease_duration);
-                }
+                // No fence: whoever re-creates it waits before claiming (see `on_write`).
                 self.known = Knowledge::Absent;
                 self.step_down(StepDown::Superseded { holder: None });
             }
             Some(mut lease) => {
                 lease.record = lease.record.normalized();
-                self.note_transitions(lease.record.transitions);
+                self.note_record(now.mono, &lease.record);
                 let unchanged =
                     matches!(&self.known, Knowledge::Present(o) if o.lease.record == lease.record);
                 if unchanged {
@@ -383,29 +389,6 @@ impl Candidate {
                         o.lease.resource_version = lease.resource_version;
                     }
                 } else {
-                    let record = &lease.record;
-                    let release = record.holder.is_none() && record.released;
-                    if release {
-                        // Written by a holder that stopped claiming before it wrote, and whose
-                        // claim began after every earlier claim had lapsed: free at once.
-                        self.fence_until = None;
-                    } else if !self.is_mine(record) {
-                        match &live_previous {
-                            // The holder renewing under the same or a longer duration.
-                            Some(prev)
-                                if prev.holder == record.holder
-                                    && record.lease_duration() >= prev.lease_duration() => {}
-                            // Deleted, taken, emptied or shortened by someone: its holder may not
-                            // know yet and keeps claiming until its renew deadline.
-                            Some(prev) => self.fence(now.mono + self.validity(prev)),
-                            // A free record I know nothing about may be an outside edit of a
-                            // held one.
-                            None if first_view && record.holder.is_none() => self.fence(
-                                now.mono + self.timings.lease_duration.max(record.lease_duration()),
-                            ),
-                            None => {}
-                        }
-                    }
                     self.known = Knowledge::Present(Observed {
                         lease,
                         at: now.mono,
@@ -523,6 +506,10 @@ impl Candidate {
         if let Action::Create(r) | Action::Replace { record: r, .. } = &action
             && r.holder.is_some()
         {
+            if let Action::Create(r) = &action {
+                self.create_attempt = Some(r.clone());
+                self.hold_until = None;
+            }
             if self.attempts.len() >= MAX_ATTEMPTS {
                 self.attempts.remove(0);
             }
@@ -585,14 +572,9 @@ impl Candidate {
             return self.start(now, PendingOp::Read, Action::Get);
         }
 
-        // Creates and takeovers wait until no previous holder can still be claiming.
-        let fenced = self.fence_until.filter(|&f| now.mono < f);
         match &self.known {
             Knowledge::Unknown => self.start(now, PendingOp::Read, Action::Get),
             Knowledge::Absent => {
-                if let Some(f) = fenced {
-                    return sleep(earliest(Some(f), watch_wake));
-                }
                 let record = self.claim_record(now.wall);
                 self.start(
                     now,
@@ -603,7 +585,9 @@ impl Candidate {
             Knowledge::Present(o) => {
                 let rv = o.lease.resource_version.clone();
                 let expires = o.at + self.validity(&o.lease.record);
-                let free = o.lease.record.holder.is_none();
+                // A free record is taken at once only when its holder released it (the release
+                // mark): one emptied by somebody else may have been held a moment ago.
+                let released = o.lease.record.holder.is_none() && o.lease.record.released;
                 if self.holder_is_me() {
                     // Renew on the renew interval while renewals succeed; after a failure the
                     // retry backoff above decides (at most a retry period for a leader).
@@ -614,15 +598,15 @@ impl Candidate {
                     if let Some(next) = next_renew
                         && now.mono < next
                     {
-                        return sleep(earliest(Some(next), earliest(self.claim_until, watch_wake)));
+                        let claim_starts = self.claim_from.filter(|&f| now.mono < f);
+                        return sleep(earliest(
+                            Some(next),
+                            earliest(earliest(self.claim_until, claim_starts), watch_wake),
+                        ));
                     }
                 } else {
-                    let mut wait = fenced;
-                    if !free && now.mono < expires {
-                        wait = Some(wait.map_or(expires, |w| w.max(expires)));
-                    }
-                    if let Some(w) = wait {
-                        return sleep(earliest(Some(w), watch_wake));
+                    if !released && now.mono < expires {
+                        return sleep(earliest(Some(expires), watch_wake));
                     }
                 }
                 let record = self.claim_record(now.wall);
@@ -653,8 +637,11 @@ impl Candidate {
         if self.needs_read {
             return self.start(now, PendingOp::Read, Action::Get);
         }
+        // A lease I re-created and still hold before claiming must not look released: a leader
+        // of the deleted record may still claim, so others wait it out as usual.
+        let holding = self.hold_until.is_some_and(|h| now.mono < h);
         match &self.known {
-            Knowledge::Present(o) if self.holder_is_me() => {
+            Knowledge::Present(o) if self.holder_is_me() && !holding => {
                 let wall = to_micros(now.wall);
                 let record = LeaseRecord {
                     holder: None,
@@ -728,7 +715,7 @@ impl Candidate {
             Ok(mut stored) => {
                 stored.record = stored.record.normalized();
                 self.clear_failures();
-                self.note_transitions(stored.record.transitions);
+                self.note_record(now.mono, &stored.record);
                 let claimed = stored.record.holder.as_deref() == Some(self.id.as_str());
                 if claimed {
                     self.written = Some(stored.record.clone());
@@ -752,6 +739,13 @@ impl Candidate {
                     }
                     let until = from + self.timings.renew_deadline;
                     if self.claim_until.is_none() {
+                        #[allow(unused_mut)]
+                        let mut hold = self.hold_until;
+                        #[cfg(feature = "mutations")]
+                        if self.mutated(Mutation::NoWaitAfterDelete) {
+                            hold = None;
+                        }
+                        self.claim_from = hold;
                         let transitions = match &self.known {
                             Knowledge::Present(o) => o.lease.record.transitions,
                             _ => 0,

@@ -174,6 +174,8 @@ pub struct View {
     /// My leadership is valid strictly before this instant (start of my last successful
     /// renew + renew deadline); `None` when I do not claim it.
     pub claim_until: Option<Mono>,
+    /// After I created the lease, my leadership begins only at this instant.
+    pub claim_from: Option<Mono>,
     /// Wall time of my last successful renew.
     pub last_renew_wall: Option<Timestamp>,
     /// The holder named in that record is me *and* the record is one this process wrote (a
@@ -195,6 +197,7 @@ impl View {
             transitions: None,
             resource_version: None,
             claim_until: None,
+            claim_from: None,
             last_renew_wall: None,
             holder_is_mine: false,
             ready: false,
@@ -206,6 +209,7 @@ impl View {
     pub fn is_leader(&self, now: Mono) -> bool {
         self.holder_is_mine
             && self.holder.as_deref() == Some(self.identity.as_str())
+            && self.claim_from.is_none_or(|from| now >= from)
             && self.claim_until.is_some_and(|until| now < until)
     }
 

@@ -41,18 +41,26 @@ pub fn at(s: f64, skew_s: i64) -> Now {
     }
 }
 
-/// A fresh candidate takes an absent lease: it first finds it absent a lease duration before
-/// `s` (it cannot know that it was not deleted a moment ago under a leader), then creates it at
-/// `s`.
+/// A candidate creates an absent lease a lease duration before `s` and renews it; it leads from
+/// `s` on (a creator cannot know whether the lease was deleted a moment ago under a leader that
+/// still claims, so it holds the lease a lease duration before claiming).
 pub fn acquire(c: &mut Candidate, t: &mut LeaseTable, s: f64) {
-    let first = at(s - LD.as_secs_f64(), 0);
+    let ld = LD.as_secs_f64();
+    let create = at(s - ld, 0);
+    settle(c, t, create);
     assert_eq!(
-        settle(c, t, first),
-        Action::Sleep {
-            until: Some(secs(s))
-        },
-        "a fresh candidate waits a lease duration before creating"
+        t.lease().and_then(|l| l.record.holder.clone()).as_deref(),
+        Some(c.id())
     );
+    assert!(
+        !c.is_leader(create.mono),
+        "a creator holds before it claims"
+    );
+    for renew in [s - 10.0, s - 5.0] {
+        settle(c, t, at(renew, 0));
+        assert!(!c.is_leader(secs(renew)));
+    }
+    assert!(c.is_leader(secs(s)));
     settle(c, t, at(s, 0));
     assert!(c.is_leader(secs(s)));
 }
