@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::LocalBoxStream;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 
 use crate::election::{Failure, LeaseRecord, Snapshot, StoredLease, WatchItem};
 use crate::error::StoreError;
@@ -333,7 +333,14 @@ pub struct KubeStore {
     namespace: String,
     url: String,
     timeout: Duration,
+    /// The last few objects seen, by resourceVersion: a replace starts from the exact object it
+    /// is guarded on, so labels, annotations and ownerReferences written by others survive, and
+    /// a lagging watch item cannot stand in for a newer object.
+    seen: Arc<Mutex<VecDeque<Lease>>>,
 }
+
+/// Objects kept in [`KubeStore::seen`].
+const SEEN_OBJECTS: usize = 8;
 
 /// Annotation on the Lease marking a free record as a graceful release by its holder (see
 /// [`LeaseRecord::released`]); every claim removes it.
@@ -359,7 +366,54 @@ impl KubeStore {
             namespace: namespace.to_owned(),
             url,
             timeout,
+            seen: Arc::new(Mutex::new(VecDeque::new())),
         }
+    }
+
+    fn remember(&self, lease: &Lease) {
+        let Some(rv) = lease.metadata.resource_version.as_deref() else {
+            return;
+        };
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen
+            .iter()
+            .any(|l| l.metadata.resource_version.as_deref() == Some(rv))
+        {
+            return;
+        }
+        if seen.len() >= SEEN_OBJECTS {
+            seen.pop_front();
+        }
+        seen.push_back(lease.clone());
+    }
+
+    fn seen_at(&self, resource_version: &str) -> Option<Lease> {
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.iter()
+            .find(|l| l.metadata.resource_version.as_deref() == Some(resource_version))
+            .cloned()
+    }
+
+    /// The object at `resource_version`, from memory or else read; Conflict when the Lease has
+    /// moved on (as the update would be answered), NotFound when it is gone.
+    async fn object_at(&self, resource_version: &str) -> Result<Lease, StoreError> {
+        if let Some(l) = self.seen_at(resource_version) {
+            return Ok(l);
+        }
+        let current = self.bounded("get", self.api.get(&self.name)).await?;
+        self.remember(&current);
+        if !resource_version.is_empty()
+            && current.metadata.resource_version.as_deref() != Some(resource_version)
+        {
+            return Err(StoreError::Conflict { verb: "update" });
+        }
+        Ok(current)
     }
 
     fn field_selector(&self) -> String {
@@ -410,34 +464,31 @@ impl KubeStore {
     }
 }
 
-/// A JSON merge patch that sets the election fields (and the release mark) and nothing else, so
-/// labels, annotations, ownerReferences and spec fields we do not manage are kept as the server
-/// has them. `metadata.resourceVersion` makes it conditional: the API server answers 409 when
-/// the Lease changed since (an empty one makes it unconditional).
-pub fn election_patch(record: &LeaseRecord, resource_version: &str) -> serde_json::Value {
-    let time = |t: Option<jiff::Timestamp>| {
-        t.map(MicroTime)
-            .and_then(|t| serde_json::to_value(t).ok())
-            .unwrap_or(serde_json::Value::Null)
-    };
-    let mut metadata = serde_json::json!({
-        "annotations": {
-            RELEASED_ANNOTATION: if record.released { serde_json::json!("true") } else { serde_json::Value::Null },
-        },
-    });
-    if !resource_version.is_empty() {
-        metadata["resourceVersion"] = serde_json::json!(resource_version);
+/// `base` with the election fields (and the release mark) of `record`, guarded by
+/// `resource_version` (empty: unconditional). Everything else — labels, other annotations,
+/// ownerReferences, spec fields we do not manage — is kept as `base` has it.
+pub fn updated_object(base: &Lease, record: &LeaseRecord, resource_version: &str) -> Lease {
+    let mut lease = base.clone();
+    lease.metadata.resource_version =
+        (!resource_version.is_empty()).then(|| resource_version.to_owned());
+    lease.metadata.managed_fields = None;
+    if record.released {
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(RELEASED_ANNOTATION.to_owned(), "true".to_owned());
+    } else if let Some(a) = lease.metadata.annotations.as_mut() {
+        a.remove(RELEASED_ANNOTATION);
     }
-    serde_json::json!({
-        "metadata": metadata,
-        "spec": {
-            "holderIdentity": record.holder.clone().unwrap_or_default(),
-            "leaseDurationSeconds": record.lease_duration_seconds,
-            "acquireTime": time(record.acquire_time),
-            "renewTime": time(record.renew_time),
-            "leaseTransitions": record.transitions,
-        },
-    })
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    // client-go writes "" (not null) when releasing; readers treat both as free.
+    spec.holder_identity = Some(record.holder.clone().unwrap_or_default());
+    spec.lease_duration_seconds = Some(record.lease_duration_seconds);
+    spec.acquire_time = record.acquire_time.map(MicroTime);
+    spec.renew_time = record.renew_time.map(MicroTime);
+    spec.lease_transitions = Some(record.transitions);
+    lease
 }
 
 /// The election fields of a Lease object.
@@ -471,6 +522,9 @@ impl LeaseStore for KubeStore {
             .items
             .iter()
             .find(|l| l.metadata.name.as_deref() == Some(self.name.as_str()));
+        if let Some(l) = lease {
+            self.remember(l);
+        }
         Ok(Snapshot {
             lease: lease.map(to_stored),
             resource_version: list.metadata.resource_version.unwrap_or_default(),
@@ -482,6 +536,7 @@ impl LeaseStore for KubeStore {
         let created = self
             .bounded("create", self.api.create(&PostParams::default(), &obj))
             .await?;
+        self.remember(&created);
         Ok(to_stored(&created))
     }
 
@@ -490,14 +545,15 @@ impl LeaseStore for KubeStore {
         record: LeaseRecord,
         resource_version: String,
     ) -> Result<StoredLease, StoreError> {
-        let patch = election_patch(&record, &resource_version);
+        let base = self.object_at(&resource_version).await?;
+        let obj = updated_object(&base, &record, &resource_version);
         let replaced = self
             .bounded(
                 "update",
-                self.api
-                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),
+                self.api.replace(&self.name, &PostParams::default(), &obj),
             )
             .await?;
+        self.remember(&replaced);
         Ok(to_stored(&replaced))
     }
 
@@ -546,6 +602,7 @@ impl LeaseStore for KubeStore {
                                     Ok(Some(Err(e))) => Err(store.err(e, "watch")),
                                     Ok(Some(Ok(ev))) => match ev {
                                         WatchEvent::Added(l) | WatchEvent::Modified(l) => {
+                                            store.remember(&l);
                                             Ok(WatchItem::Changed(to_stored(&l)))
                                         }
                                         WatchEvent::Deleted(l) => Ok(WatchItem::Deleted {
@@ -721,8 +778,32 @@ mod tests {
     }
 
     #[test]
-    fn the_patch_sets_only_election_fields_and_guards_the_resource_version() {
+    fn updates_keep_metadata_and_set_only_election_fields() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
         let ts = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let base = Lease {
+            metadata: ObjectMeta {
+                name: Some("l".into()),
+                resource_version: Some("41".into()),
+                labels: Some(BTreeMap::from([("team".into(), "a".into())])),
+                annotations: Some(BTreeMap::from([
+                    ("gitops/sync".into(), "yes".into()),
+                    (RELEASED_ANNOTATION.into(), "true".into()),
+                ])),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    name: "app".into(),
+                    uid: "u-1".into(),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(String::new()),
+                ..LeaseSpec::default()
+            }),
+        };
         let record = LeaseRecord {
             holder: Some("pod-a".into()),
             lease_duration_seconds: 15,
@@ -731,26 +812,24 @@ mod tests {
             transitions: 4,
             released: false,
         };
-        let p = election_patch(&record, "42");
-        assert_eq!(p["metadata"]["resourceVersion"], "42");
-        // null removes the release mark; no labels, ownerReferences or other keys are sent.
-        assert_eq!(
-            p["metadata"]["annotations"][RELEASED_ANNOTATION],
-            serde_json::Value::Null
+        let l = updated_object(&base, &record, "41");
+        assert_eq!(l.metadata.resource_version.as_deref(), Some("41"));
+        assert_eq!(l.metadata.labels, base.metadata.labels);
+        assert_eq!(l.metadata.owner_references, base.metadata.owner_references);
+        let ann = l.metadata.annotations.clone().unwrap();
+        assert_eq!(ann.get("gitops/sync").map(String::as_str), Some("yes"));
+        assert!(
+            !ann.contains_key(RELEASED_ANNOTATION),
+            "a claim clears the mark"
         );
-        assert_eq!(p["metadata"].as_object().unwrap().len(), 2);
-        assert_eq!(p["spec"]["holderIdentity"], "pod-a");
-        assert_eq!(p["spec"]["leaseTransitions"], 4);
-        assert_eq!(p["spec"]["renewTime"], serde_json::Value::Null);
-        assert_eq!(p["spec"]["acquireTime"], "2023-11-14T22:13:20.000000Z");
+        assert_eq!(to_stored(&l).record, record);
         let release = LeaseRecord {
             holder: None,
             released: true,
             ..record
         };
-        let p = election_patch(&release, "");
-        assert!(p["metadata"].get("resourceVersion").is_none());
-        assert_eq!(p["metadata"]["annotations"][RELEASED_ANNOTATION], "true");
-        assert_eq!(p["spec"]["holderIdentity"], "");
+        let l = updated_object(&l, &release, "");
+        assert_eq!(l.metadata.resource_version, None);
+        assert_eq!(to_stored(&l).record, release);
     }
 }

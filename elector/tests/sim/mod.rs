@@ -8,8 +8,8 @@
 //!
 //! 1. safety: no two processes claim leadership (`is_leader`) at overlapping true instants;
 //! 2. liveness: once faults stop, there is a leader; after it crashes another leads within
-//!    lease duration + retry period + the latency bound; after a graceful shutdown, within a few
-//!    round trips.
+//!    lease duration + 0.5 s (the longest lease duration, with mixed timings); after a graceful
+//!    shutdown, within a few round trips.
 //!
 //! Used by `simulation.rs` (`SIM_SEEDS=n` runs n seeds, default 1000; `SIM_SEED=s` runs only
 //! seed s and prints a trace) and by `mutations.rs`.
@@ -190,9 +190,8 @@ struct Sub {
 
 #[derive(Clone, Copy)]
 struct Params {
-    /// Longest lease duration and retry period among the processes (liveness bounds).
+    /// Longest lease duration among the processes (liveness bounds).
     max_lease: f64,
-    max_retry: f64,
     n: usize,
     /// Normal one-way latency bound (seconds).
     max_lat: f64,
@@ -261,10 +260,6 @@ impl Sim {
             .iter()
             .map(|t| t.lease_duration.as_secs_f64())
             .fold(0.0, f64::max);
-        let max_retry = timings
-            .iter()
-            .map(|t| t.retry_period.as_secs_f64())
-            .fold(0.0, f64::max);
         let min_lease = timings
             .iter()
             .map(|t| t.lease_duration.as_secs_f64())
@@ -273,7 +268,6 @@ impl Sim {
         let ld = max_lease;
         let prm = Params {
             max_lease,
-            max_retry,
             n,
             max_lat: 0.05 * scale.max(0.2),
             chaos_end: ld * 8.0,

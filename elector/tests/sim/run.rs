@@ -71,7 +71,6 @@ impl Sim {
             }
         }
         let ld = self.prm.max_lease;
-        let rp = self.prm.max_retry;
         let lat = self.prm.max_lat;
 
         // Liveness once faults stop (in-flight stalls may still land during the settle time).
@@ -92,7 +91,10 @@ impl Sim {
                 restart_after: None,
             },
         });
-        let bound = ld + rp + 4.0 * lat;
+        // Followers time the expiry from the last renewal they saw, so the failover takes at most
+        // a lease duration plus a round trip, whatever the renew interval (the bound:
+        // lease duration + 0.5 s).
+        let bound = ld + 0.5;
         // Back as a follower for the graceful handover, after the failover was measured.
         self.push(crash_at + to_t(bound), old, Kind::Restart);
         self.run_until(crash_at + to_t(bound + ld));
