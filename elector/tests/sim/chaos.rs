@@ -53,7 +53,8 @@ impl Sim {
         let outside = self.rng.below(5);
         for _ in 0..outside {
             let at = self.rng.range(0.0, end - ld * 2.0);
-            let action = if self.prm.deletes && self.rng.chance(0.5) {
+            let uniform = self.prm.uniform_timings;
+            let action = if uniform && self.rng.chance(0.5) {
                 Outside::Delete
             } else {
                 let holder = match self.rng.below(3) {
@@ -63,7 +64,7 @@ impl Sim {
                 };
                 Outside::Edit {
                     holder,
-                    shorten: self.rng.chance(0.3),
+                    shorten: uniform && self.rng.chance(0.3),
                 }
             };
             self.push(to_t(at), 0, Kind::Outside(action));

@@ -210,10 +210,11 @@ struct Params {
     p_stale_read: f64,
     stale_max: f64,
     mutation: Option<Mutation>,
-    /// Lease deletes only where all processes share one set of timings: a process that never
-    /// saw the Lease re-creates it and claims after its *own* lease duration, which is safe only
-    /// if that is longer than every other candidate's renew deadline (documented in README).
-    deletes: bool,
+    /// Lease deletes and shortened durations only where all processes share one set of timings:
+    /// a process that never saw the Lease's real duration trusts its *own* lease duration, which
+    /// is safe only if that is longer than every other candidate's renew deadline (a documented
+    /// limit, see README "Failure behaviour").
+    uniform_timings: bool,
 }
 
 pub struct Sim {
@@ -282,7 +283,7 @@ impl Sim {
             p_stale_read: rng.range(0.0, 0.2),
             stale_max: min_lease * 0.5,
             mutation,
-            deletes: !mixed,
+            uniform_timings: !mixed,
         };
         // Some runs have two live processes with one identity (a StatefulSet pod recreated
         // elsewhere while the old one still runs).
