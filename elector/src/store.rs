@@ -159,6 +159,8 @@ struct MemoryInner {
     subscribers: Vec<Subscriber>,
     /// Errors returned by the next requests, in order (fault injection for tests).
     faults: VecDeque<StoreError>,
+    /// Every watch fails at once with this error (e.g. `watch` forbidden).
+    watch_fault: Option<StoreError>,
     requests: u64,
 }
 
@@ -193,6 +195,11 @@ impl MemoryStore {
     /// Makes the next request fail with `err`.
     pub fn inject(&self, err: StoreError) {
         self.lock().faults.push_back(err);
+    }
+
+    /// Makes every watch fail at once with `err` (or work again with `None`).
+    pub fn fail_watches(&self, err: Option<StoreError>) {
+        self.lock().watch_fault = err;
     }
 
     /// Ends every open watch (as the API server does every few minutes).
@@ -302,6 +309,15 @@ impl LeaseStore for MemoryStore {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         {
             let mut inner = self.lock();
+            if let Some(err) = inner.watch_fault.clone() {
+                let _ = tx.send(Err(err));
+                drop(tx);
+                return futures::stream::unfold(rx, |mut rx| async move {
+                    let item = rx.recv().await?;
+                    Some((item, rx))
+                })
+                .boxed_local();
+            }
             match inner.table.since(&resource_version) {
                 Ok(items) => {
                     for item in items {
@@ -735,6 +751,32 @@ mod tests {
                 "{want} missing in {line}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_watch_start_that_hangs_times_out() {
+        // Accepts connections and never answers: a half-open API server connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let timeout = Duration::from_millis(300);
+        let store = KubeStore::new(client, url, "ns", "x", timeout);
+        let mut watch = store.watch("1".into());
+        let first = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("the watch start hung past its timeout");
+        assert!(
+            matches!(first, Some(Err(StoreError::Timeout { verb: "watch", .. }))),
+            "{first:?}"
+        );
+        held.abort();
     }
 
     #[test]

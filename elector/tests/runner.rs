@@ -182,3 +182,75 @@ async fn api_errors_are_retried_and_a_watch_close_is_recovered() {
         })
         .await;
 }
+
+/// A tracing writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_forbidden_watch_is_logged_once_and_makes_the_elector_not_ready() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let store = MemoryStore::new();
+            store.fail_watches(Some(StoreError::Forbidden {
+                verb: "watch",
+                namespace: "ns".into(),
+                message: "watch is forbidden".into(),
+            }));
+            let a = start("a", &store);
+            wait_for("a to lead without a watch", || leads(&a)).await;
+            assert!(a.shared.view().ready, "ready while the view is fresh");
+            // Longer than a lease duration (2 s) of a watch that fails every time.
+            tokio::time::sleep(TIMINGS.lease_duration + Duration::from_millis(1500)).await;
+            assert!(leads(&a), "reads and renewals keep working");
+            assert!(
+                !a.shared.view().ready,
+                "no working watch for a lease duration: not ready"
+            );
+            store.fail_watches(None);
+            store.close_watches();
+            wait_for("ready again once the watch works", || a.shared.view().ready).await;
+            a.signal.send(()).unwrap();
+            a.task.await.unwrap();
+        })
+        .await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("watch is forbidden") && !l.contains("works again"))
+        .count();
+    assert_eq!(
+        errors, 1,
+        "one line for the forbidden watch, not one per retry:\n{text}"
+    );
+    assert!(
+        !text.contains("API requests succeed again"),
+        "a failing watch must not make requests look recovered:\n{text}"
+    );
+    assert_eq!(text.matches("the watch works again").count(), 1, "{text}");
+}
