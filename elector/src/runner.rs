@@ -267,6 +267,11 @@ impl<S: LeaseStore> Runner<S> {
                 Notice::Acquired { transitions } => {
                     info!(leader_transitions = transitions, "acquired the lease")
                 }
+                Notice::Holding { before_claiming } => info!(
+                    ?before_claiming,
+                    "created the lease; holding it for a lease duration before claiming \
+                     leadership (a leader of a deleted Lease may still be claiming)"
+                ),
                 Notice::Renewed { latency } => {
                     self.shared.metrics.renewed(latency);
                     debug!(?latency, "renewed the lease");

@@ -48,6 +48,12 @@ fn after_a_delete_nobody_claims_for_a_lease_duration_and_transitions_go_up() {
     };
     assert_eq!(r.transitions, 7);
     b.on_write(at(2.1, 0), t.create(r).map(|(l, _)| l));
+    assert!(
+        b.take_notices()
+            .contains(&elector::election::Notice::Holding {
+                before_claiming: LD
+            })
+    );
     // ...but holds it for a lease duration from the create's response before claiming, however
     // it renews meanwhile.
     for s in [2.1, 7.0, 12.0, 17.0] {

@@ -746,6 +746,11 @@ impl Candidate {
                             hold = None;
                         }
                         self.claim_from = hold;
+                        if let Some(h) = hold.filter(|&h| now.mono < h) {
+                            self.notices.push(Notice::Holding {
+                                before_claiming: h.saturating_sub(now.mono),
+                            });
+                        }
                         let transitions = match &self.known {
                             Knowledge::Present(o) => o.lease.record.transitions,
                             _ => 0,

@@ -136,6 +136,9 @@ pub enum Action {
 pub enum Notice {
     /// I wrote the lease as its new holder.
     Acquired { transitions: i32 },
+    /// I created the lease and hold it this long before claiming leadership (a leader of a
+    /// deleted record may still be claiming).
+    Holding { before_claiming: Duration },
     /// A renew succeeded; `latency` is from request start to response.
     Renewed { latency: Duration },
     /// I stopped claiming leadership.
