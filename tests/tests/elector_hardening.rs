@@ -239,3 +239,75 @@ async fn graceful_handover_within_a_second_and_crash_failover_within_lease_plus_
         &electors,
     )
 }
+
+#[tokio::test]
+async fn labels_written_often_neither_postpone_failover_nor_get_lost() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let cp = shared().await?;
+    let spec = testenv::elector::election(cp, "elector-labels", LEASE).await?;
+    let ns = spec.namespace.clone();
+    let electors = spawn_all(&spec, &["my-app-4d-a", "my-app-4d-b"]).await?;
+    explain(
+        async {
+            let all: Vec<&Elector> = electors.iter().collect();
+            let leader = wait_for_agreed_leader(&all, ELECTION_TIMEOUT).await?;
+            let admin = cp.admin_client().await?;
+            let leases =
+                Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), &ns);
+            // A GitOps tool or controller touching the Lease every half second, far more often
+            // than the lease duration.
+            let writer = {
+                let leases = leases.clone();
+                tokio::spawn(async move {
+                    for i in 0u64.. {
+                        let patch = serde_json::json!({
+                            "metadata": {
+                                "labels": {"team": "payments"},
+                                "annotations": {"gitops/sync": i.to_string()},
+                            }
+                        });
+                        let _ = leases
+                            .patch(LEASE, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                })
+            };
+            // Several renewals under the writer.
+            tokio::time::sleep(FAST.lease_duration).await;
+            let (old, rest) = leader_and_rest(&electors, &leader)?;
+            let kill_at = Instant::now();
+            old.proc.signal(libc::SIGKILL)?;
+            let bound = FAST.lease_duration + Duration::from_secs(1);
+            let failover = time_to_new_leader(&rest, kill_at, bound).await;
+            writer.abort();
+            let failover = failover?;
+            if failover > bound {
+                return Err(fail(
+                    "failover under metadata writes",
+                    format!("{failover:?} after SIGKILL (bound {bound:?}): label writes must not restart the expiry clock"),
+                ));
+            }
+            // The survivor's takeover and renewals kept what the writer set.
+            tokio::time::sleep(FAST.retry_period * 2).await;
+            let lease = get_lease(&admin, &ns, LEASE)
+                .await?
+                .ok_or_else(|| fail("Lease", "missing"))?;
+            let labels = lease.metadata.labels.clone().unwrap_or_default();
+            let annotations = lease.metadata.annotations.clone().unwrap_or_default();
+            if labels.get("team").map(String::as_str) != Some("payments")
+                || !annotations.contains_key("gitops/sync")
+            {
+                return Err(fail(
+                    "Lease metadata after the elector's writes",
+                    format!("labels {labels:?}, annotations {annotations:?}"),
+                ));
+            }
+            let (holder, _) = holder_and_transitions(&lease);
+            assert_eq!(holder, rest[0].id);
+            Ok(())
+        }
+        .await,
+        &electors,
+    )
+}
