@@ -20,6 +20,10 @@ use crate::pki::Pki;
 use crate::procs::{self, Proc};
 use crate::wait::{eventually, eventually_while_running};
 
+/// The most a kubectl command may take; commands that wait (rollout status, wait) pass their
+/// own, shorter `--timeout`.
+pub const KUBECTL_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How long a control-plane component may take to become ready on a slow, shared machine.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -571,9 +575,9 @@ impl ControlPlane {
                 .await
                 .context(format!("writing stdin of {command}"))?;
         }
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        let out = tokio::time::timeout(KUBECTL_TIMEOUT, child.wait_with_output())
             .await
-            .map_err(|_| fail(&command, "no exit within 120s"))?
+            .map_err(|_| fail(&command, format!("no exit within {KUBECTL_TIMEOUT:?}")))?
             .context(format!("running {command}"))?;
         Ok(CmdOutput {
             success: out.status.success(),

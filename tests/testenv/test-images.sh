@@ -2,7 +2,8 @@
 # Builds the two images the test cluster needs besides the project's own (no registry can be
 # reached here, so every image a pod runs is built on this machine):
 #   pause    the sandbox image containerd gives every pod (tests/testenv/pause/pause.c, static)
-#   busybox  the example app: Debian's busybox-static, one static binary in a FROM-scratch image
+#   busybox  the example app: Debian's busybox-static in a FROM-scratch image, with its applets
+#            linked in /bin as in the Docker Hub image (so `sh -c …` manifests run unchanged)
 # Writes OCI archives to $OUT_DIR (default target/images) and prints their paths, one per line.
 # Safe to re-run; installs buildah, musl-tools and busybox-static from Debian if missing.
 set -euo pipefail
@@ -41,19 +42,28 @@ bah() { buildah --storage-driver vfs --root "$STORE/root" --runroot "$STORE/run"
 export BUILDAH_ISOLATION=chroot
 epoch=$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)
 
-# image REF BINARY PATH_IN_IMAGE ENTRYPOINT_JSON ARCHIVE
+mkdir -p "$work/pause-root" "$work/busybox-root/bin"
+cp "$work/pause" "$work/pause-root/pause"
+cp /bin/busybox "$work/busybox-root/bin/busybox"
+for applet in $(/bin/busybox --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$work/busybox-root/bin/$applet"
+done
+
+# image REF ROOT_DIR ENTRYPOINT_JSON CMD_JSON ARCHIVE
 image() {
-  local ref=$1 binary=$2 path=$3 entrypoint=$4 archive=$5 ctr
+  local ref=$1 root=$2 entrypoint=$3 cmd=$4 archive=$5 ctr
   ctr=$(bah from scratch)
-  bah copy --quiet --chmod 0755 "$ctr" "$binary" "$path" >/dev/null
-  bah config --os linux --arch amd64 --entrypoint "$entrypoint" --cmd '' "$ctr"
+  bah copy --quiet "$ctr" "$root" / >/dev/null
+  bah config --os linux --arch amd64 --env PATH=/bin --entrypoint "$entrypoint" --cmd "$cmd" "$ctr"
   bah commit --quiet --rm --format oci --timestamp "$epoch" "$ctr" "$ref" >/dev/null
-  rm -f "$archive"
-  bah push --quiet "$ref" "oci-archive:$archive:$ref"
+  # Written aside and renamed: a cluster starting meanwhile never imports half an archive.
+  rm -f "$archive.partial"
+  bah push --quiet "$ref" "oci-archive:$archive.partial:$ref"
+  mv -f "$archive.partial" "$archive"
   bah rmi "$ref" >/dev/null
   log "$ref -> $archive ($(stat -c %s "$archive") bytes)"
   echo "$archive"
 }
 
-image "$PAUSE_REF" "$work/pause" /pause '["/pause"]' "$OUT_DIR/pause.oci.tar"
-image "$BUSYBOX_REF" /bin/busybox /bin/busybox '["/bin/busybox"]' "$OUT_DIR/busybox.oci.tar"
+image "$PAUSE_REF" "$work/pause-root" '["/pause"]' '' "$OUT_DIR/pause.oci.tar"
+image "$BUSYBOX_REF" "$work/busybox-root" '' '["sh"]' "$OUT_DIR/busybox.oci.tar"

@@ -288,12 +288,18 @@ async fn what_the_api_server_sends_the_webhook() -> Result<()> {
         "{pod:#}"
     );
     assert!(pod["metadata"]["labels"]["pod-template-hash"].is_string());
-    // The ServiceAccount plugin ran before the webhook: default SA, its token mounted.
+    // The ServiceAccount plugin ran before the webhook: default SA, its projected token
+    // volume (kube-api-access-*: a bound token for whichever ServiceAccount the pod ends on).
     assert_eq!(pod["spec"]["serviceAccountName"], "default");
     let token_volume = volume_names(pod)
         .into_iter()
-        .find(|v| v.starts_with("default-token-"))
-        .ok_or_else(|| fail("my-app's pod", format!("no default token volume: {pod:#}")))?;
+        .find(|v| v.starts_with("kube-api-access-"))
+        .ok_or_else(|| {
+            fail(
+                "my-app's pod",
+                format!("no kube-api-access volume: {pod:#}"),
+            )
+        })?;
     assert_eq!(
         pod["spec"]["containers"][0]["volumeMounts"][0]["name"],
         token_volume.as_str()
@@ -310,7 +316,7 @@ async fn what_the_api_server_sends_the_webhook() -> Result<()> {
     assert!(
         volume_names(pod)
             .iter()
-            .any(|v| v.starts_with("my-app-sa-token-")),
+            .any(|v| v.starts_with("kube-api-access-")),
         "{pod:#}"
     );
     save("pod-own-sa.json", &r)?;
@@ -402,7 +408,7 @@ async fn what_the_api_server_sends_the_webhook() -> Result<()> {
         assert!(
             c["volumeMounts"][0]["name"]
                 .as_str()
-                .is_some_and(|n| n.starts_with("leader-elector-token-")),
+                .is_some_and(|n| n.starts_with("kube-api-access-")),
             "{c:#}"
         );
     }

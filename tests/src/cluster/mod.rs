@@ -122,6 +122,11 @@ impl Cluster {
         &self.slot.files.dir
     }
 
+    /// The node's containerd socket (for `ctr`, as an operator on the node would use it).
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.slot.files.containerd_socket()
+    }
+
     /// Imports another OCI archive into the node's containerd.
     pub async fn import_image(&self, archive: &Path) -> Result<()> {
         Node::import_image(&self.slot.files, archive).await
