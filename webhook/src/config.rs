@@ -46,6 +46,13 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn default_identity() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("webhook-{}", std::process::id()))
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to serve HTTPS on.
@@ -126,9 +133,18 @@ pub struct ServeArgs {
     #[arg(long, env = "WEBHOOK_NATIVE_SIDECAR_REFRESH", default_value = "60s", value_parser = positive_duration)]
     pub native_sidecar_refresh: Duration,
 
-    /// How long an ensured ServiceAccount/RoleBinding is trusted before it is checked again.
-    #[arg(long, env = "WEBHOOK_RBAC_CACHE_TTL", default_value = "10m", value_parser = duration)]
-    pub rbac_cache_ttl: Duration,
+    /// Run the controller (Leases, their Roles and RoleBindings, leader labels) when this
+    /// replica is elected; `false` serves admission only.
+    #[arg(long, env = "WEBHOOK_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controller: bool,
+
+    /// Lease, in --namespace, the replicas elect their one active controller on.
+    #[arg(long, env = "WEBHOOK_CONTROLLER_LEASE", default_value = crate::controller::election::CONTROLLER_LEASE)]
+    pub controller_lease: String,
+
+    /// This replica's identity in the controller election (the pod name).
+    #[arg(long, env = contract::env::POD_NAME, default_value_t = default_identity())]
+    pub identity: String,
 
     /// Largest AdmissionReview accepted; larger bodies get 413.
     #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]

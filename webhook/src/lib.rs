@@ -9,11 +9,13 @@ pub mod admission;
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod fake;
 pub mod metrics;
 pub mod patch;
 pub mod provision;
+pub mod rbac;
 pub mod server;
 pub mod settings;
 pub mod tls;
@@ -28,6 +30,8 @@ use clap::Parser;
 use crate::admission::{AppState, InjectConfig};
 use crate::cluster::{Cluster, KubeCluster};
 use crate::config::{CertsArgs, Cli, Command, LogFormat, ServeArgs};
+use crate::controller::ControllerConfig;
+use crate::controller::election::{Election, ElectionConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::provision::Provisioning;
@@ -100,7 +104,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // kube and the server must agree on one rustls crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     args.validate().map_err(Error::Config)?;
-    let cluster = Arc::new(KubeCluster::infer().await?);
+    let kube_config = kube::Config::infer().await.map_err(|e| {
+        Error::Config(format!(
+            "cannot find the Kubernetes API (in-cluster config or KUBECONFIG): {e}"
+        ))
+    })?;
+    let url = kube_config.cluster_url.to_string();
+    let client = kube::Client::try_from(kube_config).map_err(Error::Client)?;
+    let cluster = Arc::new(KubeCluster::new(client.clone()));
     let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(CertResolver::default());
     let inject = InjectConfig {
@@ -113,7 +124,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         inject,
         metrics.clone(),
         resolver.clone(),
-        args.rbac_cache_ttl,
     ));
     let mut tasks = Vec::new();
 
@@ -188,6 +198,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     }));
 
+    // The controller runs beside admission, never in its way: admission answers whether or not
+    // this replica leads.
+    let election = if args.controller {
+        let identity = args.identity.clone();
+        let e = Election::start(
+            client.clone(),
+            ElectionConfig {
+                namespace: args.namespace.clone(),
+                lease: args.controller_lease.clone(),
+                identity: identity.clone(),
+                timings: contract::Timings::default(),
+                url,
+            },
+        )
+        .map_err(|e| Error::Server(format!("cannot start the controller election: {e}")))?;
+        tasks.push(tokio::spawn(lead(
+            client.clone(),
+            e.leading.clone(),
+            ControllerConfig { identity },
+        )));
+        Some(e)
+    } else {
+        tracing::info!(
+            "controller disabled (--controller=false): Leases, RBAC and leader labels are not managed by this replica"
+        );
+        None
+    };
+
     let tls_config = Arc::new(tls::server_config(resolver.clone())?);
     let listener = server::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, "webhook serving");
@@ -211,7 +249,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
     for t in tasks {
         t.abort();
     }
+    if let Some(e) = election {
+        // Releasing the Lease lets a standby take over at once instead of after its expiry.
+        e.stop().await;
+    }
     result
+}
+
+/// Runs the controller while this replica leads, and stops it as soon as it does not.
+async fn lead(
+    client: kube::Client,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    cfg: ControllerConfig,
+) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        tracing::info!("this replica leads: controller starting");
+        tokio::select! {
+            () = controller::run(client.clone(), cfg.clone()) => {}
+            r = leading.wait_for(|l| !*l) => {
+                if r.is_err() {
+                    return;
+                }
+                tracing::info!("leadership lost: controller stopped");
+            }
+        }
+    }
 }
 
 /// Periodically re-reads the Secret (another replica may have rotated it, or it nears expiry)
