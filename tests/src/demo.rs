@@ -1030,12 +1030,25 @@ async fn deploy_app(cp: &ControlPlane, ui: &Ui, summary: &mut Summary) -> Result
     ui.say("(+ added by admission, ~ changed; API-server defaults not shown):");
     ui.block(&injection_summary(&template, first).join("\n"));
     ui.say("");
-    let ns_objects = format!(
-        "serviceaccount/{} rolebinding/{}",
-        contract::SERVICE_ACCOUNT,
-        contract::ROLE_BINDING
-    );
-    ui.say("The webhook also created the ServiceAccount and its RoleBinding to the elector ClusterRole:");
+    let grant = "leader-election-deployment-my-app";
+    let ns_objects = format!("lease/my-app role/{grant} rolebinding/{grant}");
+    // The controller acts on the Deployment and its pods as the API server holds them.
+    eventually(
+        "the controller's Lease, Role and RoleBinding",
+        Duration::from_secs(60),
+        || async {
+            let mut args = vec!["get"];
+            args.extend(ns_objects.split(' '));
+            args.extend(["-n", APP_NAMESPACE]);
+            cp.kubectl_ok(&args, None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await?;
+    ui.say("The webhook's controller created the Lease ahead and a Role on exactly that Lease,");
+    ui.say("bound to the pods' own ServiceAccount (admission itself wrote nothing):");
     ui.command(&format!("kubectl get {ns_objects} -n {APP_NAMESPACE}"));
     let mut args = vec!["get"];
     args.extend(ns_objects.split(' '));

@@ -181,7 +181,6 @@ fn demo_runs_end_to_end_in_ci_mode_and_cleans_up() {
         "Step 5/6",
         "Step 6/6",
         // The injected pod, as the API server stored it.
-        "serviceAccountName: (unset: default) -> leader-elector",
         "annotation added: leader-election/status: injected",
         "+ container leader-elector",
         "args:            --election=my-app --http=0.0.0.0:4040 --lease-duration=15s",
