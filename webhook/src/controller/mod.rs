@@ -53,7 +53,38 @@ pub(crate) fn api_err(context: String, e: kube::Error) -> Error {
     Error::api(context, ApiError::from(e))
 }
 
+/// The controller's caches.
+pub struct Stores {
+    pub pods: Store<Pod>,
+    pub deployments: Store<Deployment>,
+    pub statefulsets: Store<StatefulSet>,
+    pub leases: Store<Lease>,
+    pub roles: Store<Role>,
+    pub bindings: Store<RoleBinding>,
+}
+
 impl Context {
+    /// `identity`: this replica, the reporting instance of its events.
+    pub fn new(client: kube::Client, stores: Stores, identity: &str) -> Self {
+        let reporter = Reporter {
+            controller: contract::deploy::WEBHOOK_NAME.into(),
+            instance: Some(identity.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            pods: stores.pods,
+            deployments: stores.deployments,
+            statefulsets: stores.statefulsets,
+            leases: stores.leases,
+            roles: stores.roles,
+            bindings: stores.bindings,
+            renewals: Renewals::default(),
+            written: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Waits until every cache holds a full list, so no decision is taken on a partial view
     /// (e.g. a Role shrunk because the pods were not listed yet).
     pub async fn ready(&self) {
@@ -138,24 +169,32 @@ where
     r
 }
 
-/// Pods electing on `namespace/lease` that asked for the label, with the role they carry now
-/// (what this controller wrote last, else the cache).
+/// Pods electing on `namespace/lease` that asked for the label, with the role they carry now:
+/// the cache's value when it agrees with what this controller wrote last, else unknown (so the
+/// wanted value is written again: a lagging cache never hides a leader it just promoted, and a
+/// label changed by someone else is put right).
 fn label_candidates(ctx: &Context, namespace: &str, lease: &str) -> leader_label::Candidates {
-    let written = ctx.written.lock().unwrap_or_else(|p| p.into_inner());
+    let mut written = ctx.written.lock().unwrap_or_else(|p| p.into_inner());
+    // Forget pods that are gone.
+    written.retain(|(ns, pod), _| {
+        ns != namespace || ctx.pods.get(&ObjectRef::new(pod).within(ns)).is_some()
+    });
     let mut out: leader_label::Candidates = ctx
         .pods
         .state_filter(|p| {
             p.namespace().as_deref() == Some(namespace)
+                && p.metadata.deletion_timestamp.is_none()
                 && leader_label::wants_label(p)
                 && crate::patch::injected_lease(p).as_deref() == Some(lease)
         })
         .into_iter()
         .map(|p| {
             let name = p.name_any();
-            let current = written
-                .get(&(namespace.to_string(), name.clone()))
-                .map(|v| v.to_string())
-                .or_else(|| leader_label::role_of(&p));
+            let cached = leader_label::role_of(&p);
+            let current = match written.get(&(namespace.to_string(), name.clone())) {
+                Some(w) if cached.as_deref() != Some(*w) => None,
+                _ => cached,
+            };
             (name, current)
         })
         .collect();
@@ -169,10 +208,13 @@ pub async fn sync_labels(ctx: &Context, namespace: &str, lease: &str) -> Result<
     let obj = ctx.leases.get(&ObjectRef::new(lease).within(namespace));
     let holder = match &obj {
         Some(l) => ctx.renewals.observe(namespace, l, Instant::now()),
-        None => leader_label::Holder {
-            name: None,
-            valid_for: None,
-        },
+        None => {
+            ctx.renewals.forget(namespace, lease);
+            leader_label::Holder {
+                name: None,
+                valid_for: None,
+            }
+        }
     };
     let pods = label_candidates(ctx, namespace, lease);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
@@ -218,13 +260,22 @@ pub struct ControllerConfig {
     pub identity: String,
 }
 
-fn log_result<K: Resource, E: std::fmt::Display>(
-    r: std::result::Result<(ObjectRef<K>, Action), E>,
-) -> futures::future::Ready<()> {
+type RunResult<K> = std::result::Result<
+    (ObjectRef<K>, Action),
+    kube_runtime::controller::Error<Error, watcher::Error>,
+>;
+
+fn log_result<K: Resource>(r: RunResult<K>) -> futures::future::Ready<()> {
+    use kube_runtime::controller::Error as E;
     match r {
         Ok((o, _)) => tracing::debug!(object = %o, "reconciled"),
-        // Reconcile errors were reported by error_policy; these are watch or queue errors.
-        Err(e) => tracing::debug!(error = %e, "controller stream"),
+        // Reported by error_policy already.
+        Err(E::ReconcilerFailed(..)) => {}
+        // Deleted before its turn: nothing to do (ownerReferences clean up after it).
+        Err(E::ObjectNotFound(o)) => tracing::debug!(object = %o, "gone before reconcile"),
+        // A watch failing (e.g. a permission missing from the ServiceAccount): retried with
+        // backoff by the watcher; say why.
+        Err(e) => tracing::warn!(error = %e, "controller watch failed; retrying"),
     }
     futures::future::ready(())
 }
@@ -251,23 +302,18 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig) {
     )
     .default_backoff()
     .for_each(|_| futures::future::ready(()));
-    let reporter = Reporter {
-        controller: contract::deploy::WEBHOOK_NAME.into(),
-        instance: Some(cfg.identity.clone()),
-    };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        pods: pods.store(),
-        deployments: deployments.store(),
-        statefulsets: statefulsets.store(),
-        leases: leases.store(),
-        roles,
-        bindings,
-        renewals: Renewals::default(),
-        written: Mutex::new(HashMap::new()),
-        recorder: Recorder::new(client, reporter),
-        failures: Mutex::new(HashMap::new()),
-    });
+    let ctx = Arc::new(Context::new(
+        client,
+        Stores {
+            pods: pods.store(),
+            deployments: deployments.store(),
+            statefulsets: statefulsets.store(),
+            leases: leases.store(),
+            roles,
+            bindings,
+        },
+        &cfg.identity,
+    ));
     let pods = pods
         .run(
             |o, c| tracked(o.clone(), c.clone(), workloads::reconcile_pod(o, c)),
