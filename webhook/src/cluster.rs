@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
@@ -34,6 +35,15 @@ pub trait Cluster: Send + Sync + 'static {
     fn create_secret(&self, ns: &str, s: Secret) -> impl Future<Output = ApiResult<()>> + Send;
     /// Replaces the Secret, guarded by its `metadata.resourceVersion`.
     fn replace_secret(&self, ns: &str, s: Secret) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Leases of `ns` matching the label selector.
+    fn list_leases(
+        &self,
+        ns: &str,
+        selector: &str,
+    ) -> impl Future<Output = ApiResult<Vec<Lease>>> + Send;
+    /// Creates the Lease, or replaces the one of that name (guarded by the resourceVersion read
+    /// just before).
+    fn upsert_lease(&self, ns: &str, lease: Lease) -> impl Future<Output = ApiResult<()>> + Send;
     /// The configuration's webhook entries, `None` if it does not exist.
     fn get_webhooks(
         &self,
@@ -102,6 +112,29 @@ impl Cluster for KubeCluster {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let name = s.metadata.name.clone().unwrap_or_default();
         api.replace(&name, &PostParams::default(), &s).await?;
+        Ok(())
+    }
+
+    async fn list_leases(&self, ns: &str, selector: &str) -> ApiResult<Vec<Lease>> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), ns);
+        Ok(api
+            .list(&ListParams::default().labels(selector))
+            .await?
+            .items)
+    }
+
+    async fn upsert_lease(&self, ns: &str, mut lease: Lease) -> ApiResult<()> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), ns);
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        match api.get_opt(&name).await? {
+            None => {
+                api.create(&PostParams::default(), &lease).await?;
+            }
+            Some(old) => {
+                lease.metadata.resource_version = old.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &lease).await?;
+            }
+        }
         Ok(())
     }
 

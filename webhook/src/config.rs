@@ -110,6 +110,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WEBHOOK_CERT_RENEW_BEFORE", default_value = "30d", value_parser = duration)]
     pub cert_renew_before: Duration,
 
+    /// Lifetime of a self-provisioned CA (serving certificates are renewed under it).
+    #[arg(long, env = "WEBHOOK_CA_VALIDITY", default_value = "1095d", value_parser = positive_duration)]
+    pub ca_validity: Duration,
+
+    /// Rotate the self-provisioned CA when less than this is left (must exceed
+    /// --cert-renew-before).
+    #[arg(long, env = "WEBHOOK_CA_RENEW_BEFORE", default_value = "90d", value_parser = duration)]
+    pub ca_renew_before: Duration,
+
     /// How often the Secret and the caBundle are checked again (an operator may re-apply the
     /// configuration without caBundle; another replica may rotate the certificate).
     #[arg(long, env = "WEBHOOK_RESYNC_INTERVAL", default_value = "30s", value_parser = positive_duration)]
@@ -179,6 +188,19 @@ impl ServeArgs {
                  resync would generate a new certificate",
                 humantime::format_duration(self.cert_renew_before),
                 humantime::format_duration(self.cert_validity)
+            ));
+        }
+        if self.self_provision
+            && (self.ca_renew_before >= self.ca_validity
+                || self.ca_renew_before <= self.cert_renew_before)
+        {
+            return Err(format!(
+                "--ca-renew-before ({}) must be shorter than --ca-validity ({}) and longer than \
+                 --cert-renew-before ({}), or certificates issued near the CA's end would be \
+                 renewed at every resync",
+                humantime::format_duration(self.ca_renew_before),
+                humantime::format_duration(self.ca_validity),
+                humantime::format_duration(self.cert_renew_before)
             ));
         }
         Ok(())

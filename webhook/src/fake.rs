@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::cluster::{Cluster, WebhookEntry};
@@ -14,6 +15,7 @@ type ApiResult<T> = std::result::Result<T, ApiError>;
 #[derive(Debug, Default)]
 pub struct FakeState {
     pub secrets: BTreeMap<(String, String), Secret>,
+    pub leases: BTreeMap<(String, String), Lease>,
     /// configuration name → entries
     pub webhooks: BTreeMap<String, Vec<WebhookEntry>>,
     pub server_version: String,
@@ -117,6 +119,34 @@ impl Cluster for FakeCluster {
             s.secrets.insert(key, secret);
             Ok(())
         })
+    }
+
+    async fn list_leases(&self, ns: &str, selector: &str) -> ApiResult<Vec<Lease>> {
+        self.call("list_leases", format!("{ns} {selector}")).await?;
+        let (key, value) = selector.split_once('=').unwrap_or((selector, ""));
+        Ok(self.with(|s| {
+            s.leases
+                .iter()
+                .filter(|((n, _), l)| {
+                    n == ns
+                        && l.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|m| m.get(key))
+                            .is_some_and(|v| v == value)
+                })
+                .map(|(_, l)| l.clone())
+                .collect()
+        }))
+    }
+
+    async fn upsert_lease(&self, ns: &str, lease: Lease) -> ApiResult<()> {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        self.call("upsert_lease", format!("{ns}/{name}")).await?;
+        self.with(|s| {
+            s.leases.insert((ns.to_string(), name), lease);
+        });
+        Ok(())
     }
 
     async fn get_webhooks(&self, configuration: &str) -> ApiResult<Option<Vec<WebhookEntry>>> {

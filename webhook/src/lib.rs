@@ -28,13 +28,13 @@ use base64::Engine;
 use clap::Parser;
 
 use crate::admission::{AppState, InjectConfig};
-use crate::cluster::{Cluster, KubeCluster};
+use crate::cluster::KubeCluster;
 use crate::config::{CertsArgs, Cli, Command, LogFormat, ServeArgs};
 use crate::controller::ControllerConfig;
 use crate::controller::election::{Election, ElectionConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::provision::Provisioning;
+use crate::provision::ReplicaCerts;
 use crate::settings::NativeMode;
 use crate::tls::{CertResolver, FileSource};
 
@@ -138,37 +138,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
             metrics.clone(),
         )));
     } else {
-        let p = Provisioning {
+        // Self-provisioned: the active controller owns the certificate (controller::certs);
+        // every replica serves what the Secret holds and reports which CA issued it.
+        let p = ReplicaCerts {
             namespace: args.namespace.clone(),
             secret: args.tls_secret.clone(),
-            webhook_configuration: args.webhook_configuration.clone(),
-            sans: certs::service_sans(&args.service_name, &args.namespace, &args.extra_sans),
-            validity: args.cert_validity,
-            renew_before: args.cert_renew_before,
+            report: format!("{}-replica-{}", args.controller_lease, args.identity),
+            identity: args.identity.clone(),
+            every: args.resync_interval,
         };
-        let bundle = provision::reconcile_secret(cluster.as_ref(), &p).await?;
-        resolver.set(tls::certified_key(
-            bundle.cert_pem.as_bytes(),
-            bundle.key_pem.as_bytes(),
-        )?);
-        metrics.cert_loaded();
-        tracing::info!(secret = %p.secret, namespace = %p.namespace, "serving the self-provisioned certificate");
-        if let Err(e) = provision::sync_ca_bundle(
-            cluster.as_ref(),
-            &p.webhook_configuration,
-            bundle.ca_pem.as_bytes(),
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "caBundle not synced yet; retrying periodically");
-        }
-        tasks.push(tokio::spawn(resync(
+        tasks.push(tokio::spawn(provision::serve_from_secret(
             cluster.clone(),
             p,
-            bundle,
             resolver.clone(),
             metrics.clone(),
-            args.resync_interval,
         )));
     }
 
@@ -213,10 +196,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
             },
         )
         .map_err(|e| Error::Server(format!("cannot start the controller election: {e}")))?;
+        let certs = (args.tls_cert_file.is_none()).then(|| controller::certs::CertPolicy {
+            namespace: args.namespace.clone(),
+            secret: args.tls_secret.clone(),
+            webhook_configuration: args.webhook_configuration.clone(),
+            sans: certs::service_sans(&args.service_name, &args.namespace, &args.extra_sans),
+            ca_validity: args.ca_validity,
+            ca_renew_before: args.ca_renew_before,
+            validity: args.cert_validity,
+            renew_before: args.cert_renew_before,
+        });
         tasks.push(tokio::spawn(lead(
             client.clone(),
             e.leading.clone(),
-            ControllerConfig { identity },
+            ControllerConfig {
+                identity,
+                certs,
+                resync: args.resync_interval,
+            },
         )));
         Some(e)
     } else {
@@ -275,49 +272,6 @@ async fn lead(
                 }
                 tracing::info!("leadership lost: controller stopped");
             }
-        }
-    }
-}
-
-/// Periodically re-reads the Secret (another replica may have rotated it, or it nears expiry)
-/// and re-applies the caBundle (an operator may have re-applied the configuration without it).
-async fn resync<C: Cluster>(
-    cluster: Arc<C>,
-    p: Provisioning,
-    mut current: certs::CertBundle,
-    resolver: Arc<CertResolver>,
-    metrics: Arc<Metrics>,
-    every: std::time::Duration,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match provision::reconcile_secret(cluster.as_ref(), &p).await {
-            Ok(bundle) if bundle != current => {
-                match tls::certified_key(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()) {
-                    Ok(ck) => {
-                        resolver.set(ck);
-                        metrics.cert_reloaded();
-                        tracing::info!("serving certificate replaced from the Secret");
-                        current = bundle;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the Secret's certificate cannot be loaded")
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "certificate Secret not reconciled"),
-        }
-        if let Err(e) = provision::sync_ca_bundle(
-            cluster.as_ref(),
-            &p.webhook_configuration,
-            current.ca_pem.as_bytes(),
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "caBundle not synced");
         }
     }
 }

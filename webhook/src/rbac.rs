@@ -126,21 +126,21 @@ pub const CALLS: &[Call] = &[
         "leases",
         "create",
         Cluster,
-        "workloads::apply: Lease created ahead; the controller's own election",
+        "workloads::apply: Lease created ahead; the election; provision: the replica's report Lease",
     ),
     call(
         COORD,
         "leases",
         "get",
         Cluster,
-        "workloads::apply: is an existing Lease ours; also held to grant it (no escalate)",
+        "workloads::apply: is an existing Lease ours; provision: report Lease; held to grant it",
     ),
     call(
         COORD,
         "leases",
         "list",
         Cluster,
-        "controller::run: managed Lease cache; the election's read",
+        "controller::run: managed Lease cache; the election's read; certs::read: replica reports",
     ),
     call(
         COORD,
@@ -154,7 +154,7 @@ pub const CALLS: &[Call] = &[
         "leases",
         "update",
         Cluster,
-        "controller::election: renewals; also held to grant it (no escalate)",
+        "controller::election: renewals; provision: report Lease; held to grant it (no escalate)",
     ),
     call(
         RBAC,

@@ -7,6 +7,7 @@
 //! is retried with exponential backoff. Admission does not depend on the controller: the webhook
 //! keeps admitting while the controller is down or not leading.
 
+pub mod certs;
 pub mod election;
 pub mod grants;
 pub mod leader_label;
@@ -258,6 +259,38 @@ async fn reconcile_lease(lease: Arc<Lease>, ctx: Arc<Context>) -> Result<Action>
 pub struct ControllerConfig {
     /// This replica, for events' reporting instance.
     pub identity: String,
+    /// The self-provisioned certificate, when the webhook is in that mode.
+    pub certs: Option<certs::CertPolicy>,
+    /// How often the certificate is checked.
+    pub resync: Duration,
+}
+
+/// Keeps the self-provisioned certificate consistent while this replica leads.
+async fn keep_certificate(
+    client: kube::Client,
+    policy: Option<certs::CertPolicy>,
+    every: Duration,
+) {
+    let Some(policy) = policy else {
+        return std::future::pending().await;
+    };
+    let cluster = crate::cluster::KubeCluster::new(client);
+    let mut failures = 0u32;
+    loop {
+        let wait = match certs::reconcile(&cluster, &policy).await {
+            Ok(_) => {
+                failures = 0;
+                every
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures).min(every);
+                tracing::warn!(error = %e, retry_in = ?delay, "certificate not reconciled");
+                delay
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
 }
 
 type RunResult<K> = std::result::Result<
@@ -342,8 +375,10 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig) {
             ctx.clone(),
         )
         .for_each(log_result);
+    let certs = keep_certificate(ctx.client.clone(), cfg.certs.clone(), cfg.resync);
     tracing::info!("controller running");
     futures::join!(
+        certs,
         pods,
         deployments,
         statefulsets,
