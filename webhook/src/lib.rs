@@ -205,6 +205,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             ca_renew_before: args.ca_renew_before,
             validity: args.cert_validity,
             renew_before: args.cert_renew_before,
+            settle: controller::certs::TRUST_SETTLE,
         });
         tasks.push(tokio::spawn(lead(
             client.clone(),

@@ -24,6 +24,7 @@ fn policy() -> CertPolicy {
         ca_renew_before: 90 * DAY,
         validity: 365 * DAY,
         renew_before: 30 * DAY,
+        settle: Duration::ZERO,
     }
 }
 
@@ -104,8 +105,7 @@ async fn first_install_trusts_the_ca_before_any_certificate_is_served() {
     let steps = rotation::reconcile(&c, &p).await.unwrap();
     assert_eq!(steps[0], Step::StartCa);
     assert!(matches!(steps[1], Step::TrustNext { .. }), "{steps:?}");
-    assert_eq!(steps[2], Step::Promote);
-    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert_eq!(steps[2..], [Step::MarkTrusted, Step::Promote]);
     let ca = secret_value(&c, "ca.crt");
     assert_eq!(bundle(&c).trim(), ca.trim());
     assert!(trusted(&bundle(&c), &secret_value(&c, "tls.crt")));
@@ -192,18 +192,25 @@ async fn the_serving_certificate_is_renewed_under_the_same_ca() {
 #[tokio::test]
 async fn a_ca_rotation_keeps_old_and_new_trusted_until_every_replica_serves_the_new() {
     let c = cluster();
-    let mut p = policy();
-    rotation::reconcile(&c, &p).await.unwrap();
+    // Installed with a CA of 60 days; the policy below rotates a CA with less than 90 left.
+    let short = CertPolicy {
+        ca_validity: 60 * DAY,
+        ca_renew_before: 30 * DAY,
+        validity: 50 * DAY,
+        renew_before: 20 * DAY,
+        ..policy()
+    };
+    rotation::reconcile(&c, &short).await.unwrap();
+    let p = policy();
     let old_ca = secret_value(&c, "ca.crt");
     let old_cert = secret_value(&c, "tls.crt");
     replica_reports(&c, "rep-a", &serial(&old_ca));
     replica_reports(&c, "rep-b", &serial(&old_ca));
 
-    p.ca_renew_before = 2000 * DAY; // the CA is now within its renewal window
     let steps = rotation::reconcile(&c, &p).await.unwrap();
     assert_eq!(steps[0], Step::StartCa, "{steps:?}");
     assert!(matches!(steps[1], Step::TrustNext { .. }), "{steps:?}");
-    assert_eq!(steps[2], Step::Promote, "{steps:?}");
+    assert_eq!(steps[2..], [Step::MarkTrusted, Step::Promote], "{steps:?}");
     let new_ca = secret_value(&c, "ca.crt");
     let new_cert = secret_value(&c, "tls.crt");
     assert_ne!(new_ca, old_ca);
@@ -213,9 +220,6 @@ async fn a_ca_rotation_keeps_old_and_new_trusted_until_every_replica_serves_the_
         "old certificate still trusted"
     );
     assert!(trusted(&bundle(&c), &new_cert), "new certificate trusted");
-    // The new CA stays in its renewal window in this test (policy), so stop rotating again: a
-    // policy with the normal window sees the CA as fine.
-    p.ca_renew_before = 90 * DAY;
     // One replica moved: the old CA stays.
     replica_reports(&c, "rep-a", &serial(&new_ca));
     assert!(rotation::reconcile(&c, &p).await.unwrap().is_empty());
@@ -227,6 +231,27 @@ async fn a_ca_rotation_keeps_old_and_new_trusted_until_every_replica_serves_the_
     assert!(!trusted(&bundle(&c), &old_cert), "old CA dropped");
     assert!(trusted(&bundle(&c), &new_cert));
     assert_eq!(certs::split_pem(&bundle(&c)).len(), 1);
+}
+
+#[tokio::test]
+async fn no_replica_serves_from_a_new_ca_before_the_settle_time() {
+    let c = cluster();
+    let mut p = policy();
+    p.settle = Duration::from_secs(3600);
+    let steps = rotation::reconcile(&c, &p).await.unwrap();
+    assert_eq!(steps.last(), Some(&Step::Settling), "{steps:?}");
+    assert!(
+        secret_value(&c, "tls.crt").is_empty(),
+        "nothing to serve yet"
+    );
+    assert!(
+        !bundle(&c).is_empty(),
+        "but the caBundle already trusts the new CA"
+    );
+    assert_eq!(
+        rotation::reconcile(&c, &p).await.unwrap(),
+        vec![Step::Settling]
+    );
 }
 
 #[tokio::test]

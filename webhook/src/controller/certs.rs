@@ -10,7 +10,9 @@
 //! 2. [`Step::TrustNext`]: the caBundle becomes every CA still trusted (including those in the
 //!    live caBundle: after a deleted Secret, replicas still serve the old certificate) plus the
 //!    new one — before any replica can serve a certificate from it.
-//! 3. [`Step::Promote`]: the new CA issues the serving certificate; replicas pick it up.
+//! 3. [`Step::MarkTrusted`], then after [`CertPolicy::settle`] (API servers load a changed
+//!    configuration asynchronously) [`Step::Promote`]: the new CA issues the serving
+//!    certificate; replicas pick it up.
 //! 4. [`Step::DropOld`]: once every live replica reports serving a certificate of the new CA,
 //!    the old CAs leave the bundle.
 //!
@@ -33,6 +35,10 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const BUNDLE_FILE: &str = "ca-bundle.crt";
 pub const NEXT_CA_FILE: &str = "next-ca.crt";
 pub const NEXT_CA_KEY_FILE: &str = "next-ca.key";
+/// When the caBundle was seen trusting `next-ca.crt` (unix seconds).
+pub const NEXT_TRUSTED_AT: &str = "next-ca-trusted-at";
+/// Default of [`CertPolicy::settle`].
+pub const TRUST_SETTLE: Duration = Duration::from_secs(5);
 /// Label of the replicas' report Leases.
 pub const REPLICA_LABEL: &str = "leader-election.dev/webhook-replica";
 /// Annotation of a report Lease: serial number of the CA that issued the certificate served.
@@ -49,6 +55,9 @@ pub struct CertPolicy {
     pub ca_renew_before: Duration,
     pub validity: Duration,
     pub renew_before: Duration,
+    /// How long the caBundle trusts a new CA before any replica serves from it: API servers
+    /// load a changed webhook configuration asynchronously.
+    pub settle: Duration,
 }
 
 /// The Secret's data as strings.
@@ -67,11 +76,18 @@ pub struct CertState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     StartCa,
-    TrustNext { bundle: String },
+    TrustNext {
+        bundle: String,
+    },
+    MarkTrusted,
+    /// Trusted, waiting for [`CertPolicy::settle`] to pass.
+    Settling,
     Promote,
     RenewServing(String),
     DropOld,
-    SyncBundle { bundle: String },
+    SyncBundle {
+        bundle: String,
+    },
     Done,
 }
 
@@ -126,7 +142,11 @@ pub fn plan(state: &CertState, policy: &CertPolicy, now: SystemTime) -> Step {
                 bundle: live_certs(&all, t).concat(),
             };
         }
-        return Step::Promote;
+        return match get(d, NEXT_TRUSTED_AT).and_then(|v| v.trim().parse::<i64>().ok()) {
+            None => Step::MarkTrusted,
+            Some(at) if t < at + policy.settle.as_secs() as i64 => Step::Settling,
+            Some(_) => Step::Promote,
+        };
     }
     if !ca_ok {
         return Step::StartCa;
@@ -270,6 +290,11 @@ pub async fn reconcile<C: Cluster>(c: &C, policy: &CertPolicy) -> Result<Vec<Ste
         if step == Step::Done {
             break;
         }
+        if step == Step::Settling {
+            // Looked at again on the next pass.
+            done.push(step);
+            break;
+        }
         let rv = stored
             .as_ref()
             .and_then(|s| s.metadata.resource_version.clone());
@@ -299,7 +324,12 @@ pub async fn reconcile<C: Cluster>(c: &C, policy: &CertPolicy) -> Result<Vec<Ste
                     "caBundle trusts the new CA"
                 );
             }
+            Step::MarkTrusted => {
+                data.insert(NEXT_TRUSTED_AT.into(), unix(SystemTime::now()).to_string());
+                write(data).await?;
+            }
             Step::Promote => {
+                data.remove(NEXT_TRUSTED_AT);
                 let next = Ca {
                     cert_pem: data.remove(NEXT_CA_FILE).unwrap_or_default(),
                     key_pem: data.remove(NEXT_CA_KEY_FILE).unwrap_or_default(),
@@ -341,7 +371,7 @@ pub async fn reconcile<C: Cluster>(c: &C, policy: &CertPolicy) -> Result<Vec<Ste
                 set_bundle(c, policy, bundle).await?;
                 tracing::info!("caBundle restored from the Secret");
             }
-            Step::Done => {}
+            Step::Done | Step::Settling => {}
         }
         done.push(step);
     }
