@@ -204,8 +204,9 @@ fn label_candidates(ctx: &Context, namespace: &str, lease: &str) -> leader_label
 }
 
 /// Brings the role labels of `namespace/lease`'s pods in line with its valid holder; returns
-/// when to look again (at the holder's expiry by this controller's clock).
-pub async fn sync_labels(ctx: &Context, namespace: &str, lease: &str) -> Result<Action> {
+/// when to look again (just after the holder's expiry by this controller's clock), if there is a
+/// holder.
+pub async fn sync_labels(ctx: &Context, namespace: &str, lease: &str) -> Result<Option<Duration>> {
     let obj = ctx.leases.get(&ObjectRef::new(lease).within(namespace));
     let holder = match &obj {
         Some(l) => ctx.renewals.observe(namespace, l, Instant::now()),
@@ -242,16 +243,14 @@ pub async fn sync_labels(ctx: &Context, namespace: &str, lease: &str) -> Result<
             .insert((namespace.to_string(), pod.clone()), value);
         tracing::info!(namespace, lease, pod = %pod, role = value, "pod labelled");
     }
-    Ok(match holder.valid_for {
-        Some(d) => Action::requeue(d + Duration::from_millis(100)),
-        None => Action::await_change(),
-    })
+    Ok(holder.valid_for.map(|d| d + Duration::from_millis(100)))
 }
 
 async fn reconcile_lease(lease: Arc<Lease>, ctx: Arc<Context>) -> Result<Action> {
     ctx.ready().await;
     let ns = lease.namespace().unwrap_or_default();
-    sync_labels(&ctx, &ns, &lease.name_any()).await
+    let again = sync_labels(&ctx, &ns, &lease.name_any()).await?;
+    Ok(again.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Settings of the controller.

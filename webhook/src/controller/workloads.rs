@@ -91,7 +91,9 @@ pub async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     if excluded(&ns) || !patch::is_injected(&pod) {
         return Ok(Action::await_change());
     }
-    let mut action = Action::await_change();
+    // A standalone pod is looked at again periodically: the Lease it shares with other pods may
+    // be owned (and garbage-collected) with one of them.
+    let mut resync = None;
     match patch::owning_workload(&pod.metadata) {
         Some(("Deployment", name))
             if let Some(d) = ctx.deployments.get(&ObjectRef::new(name).within(&ns)) =>
@@ -103,22 +105,24 @@ pub async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
         {
             reconcile_statefulset(s, ctx.clone()).await?;
         }
-        // Its workload is not in the cache yet (watches lag each other): look again shortly
-        // rather than grant per pod.
+        // Its workload is not in the cache (yet: watches lag each other; or it is gone and the
+        // pod is being garbage-collected): look again later rather than grant per pod.
         Some(("Deployment" | "StatefulSet", _)) => {
-            return Ok(Action::requeue(Duration::from_secs(2)));
+            return Ok(Action::requeue(Duration::from_secs(5)));
         }
         _ => {
             let desired = grants::pod_desired(&ns, &pod);
             apply(&ctx, desired, &pod.object_ref(&())).await?;
+            resync = Some(RESYNC);
         }
     }
     if super::leader_label::wants_label(&pod)
         && let Some(lease) = patch::injected_lease(&pod)
+        && let Some(expiry) = super::sync_labels(&ctx, &ns, &lease).await?
     {
-        action = super::sync_labels(&ctx, &ns, &lease).await?;
+        resync = Some(resync.map_or(expiry, |r: Duration| r.min(expiry)));
     }
-    Ok(action)
+    Ok(resync.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Brings the Lease(s), Role and RoleBinding of one unit to `desired`.
