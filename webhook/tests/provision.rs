@@ -151,12 +151,15 @@ async fn a_replica_waits_while_no_certificate_is_there() {
         None
     );
     assert!(!resolver.is_loaded());
-    // The first step stores the next CA only: still nothing to serve.
+    // No configuration yet: the next CA is stored, then waits to be trusted; nothing to serve.
     let p = policy();
     c.with(|s| {
         s.webhooks.clear();
     });
-    rotation::reconcile(&c, &p).await.unwrap();
+    assert_eq!(
+        rotation::reconcile(&c, &p).await.unwrap(),
+        vec![Step::StartCa, Step::NoConfiguration]
+    );
     assert_eq!(
         provision::sync_once(&c, &r, &resolver, &Metrics::new(), &mut current).await,
         None

@@ -82,6 +82,8 @@ pub enum Step {
     MarkTrusted,
     /// Trusted, waiting for [`CertPolicy::settle`] to pass.
     Settling,
+    /// The MutatingWebhookConfiguration does not exist (yet): a new CA waits for it.
+    NoConfiguration,
     Promote,
     RenewServing(String),
     DropOld,
@@ -128,6 +130,10 @@ pub fn plan(state: &CertState, policy: &CertPolicy, now: SystemTime) -> Step {
         _ => false,
     };
     if let (Some(next), Some(_)) = (get(d, NEXT_CA_FILE), get(d, NEXT_CA_KEY_FILE)) {
+        if state.bundles.is_none() {
+            // Nothing can be made to trust it yet.
+            return Step::NoConfiguration;
+        }
         let trusted = state
             .bundles
             .as_ref()
@@ -290,8 +296,14 @@ pub async fn reconcile<C: Cluster>(c: &C, policy: &CertPolicy) -> Result<Vec<Ste
         if step == Step::Done {
             break;
         }
-        if step == Step::Settling {
+        if matches!(step, Step::Settling | Step::NoConfiguration) {
             // Looked at again on the next pass.
+            if step == Step::NoConfiguration {
+                tracing::info!(
+                    configuration = %policy.webhook_configuration,
+                    "waiting for the MutatingWebhookConfiguration to trust the new CA"
+                );
+            }
             done.push(step);
             break;
         }
@@ -371,7 +383,7 @@ pub async fn reconcile<C: Cluster>(c: &C, policy: &CertPolicy) -> Result<Vec<Ste
                 set_bundle(c, policy, bundle).await?;
                 tracing::info!("caBundle restored from the Secret");
             }
-            Step::Done | Step::Settling => {}
+            Step::Done | Step::Settling | Step::NoConfiguration => {}
         }
         done.push(step);
     }
