@@ -1,18 +1,21 @@
-//! One control plane: etcd, kube-apiserver 1.20.2 and kube-controller-manager on free loopback
-//! ports in a scratch directory. Everything it starts is stopped when it is dropped, and — via
-//! the spawner in [`crate::procs`] — when the test process dies.
+//! One control plane: etcd, kube-apiserver and kube-controller-manager (Kubernetes
+//! [`layout::KUBERNETES_VERSION`], built by tests/testenv/provision.sh) in a scratch directory,
+//! either on free loopback ports (API-server-only tests; many at once) or inside a node's
+//! network namespace with a scheduler (see [`crate::cluster`]). Everything it starts is stopped
+//! when it is dropped, and — via the spawner in [`crate::procs`] — when the test process dies.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::error::{Context, Error, Result, fail};
-use crate::layout::{self, Files, Ports};
+use crate::layout::{self, Files, Network, Ports, Tokens};
 use crate::pki::Pki;
 use crate::procs::{self, Proc};
 use crate::wait::{eventually, eventually_while_running};
@@ -25,25 +28,38 @@ pub struct Binaries {
     pub etcd: PathBuf,
     pub apiserver: PathBuf,
     pub controller_manager: PathBuf,
+    pub scheduler: PathBuf,
+    pub kubelet: PathBuf,
+    pub proxy: PathBuf,
+    pub kubectl: PathBuf,
 }
 
 impl Binaries {
-    /// Finds the binaries, failing loudly (never skipping) when they are missing.
+    /// Finds the binaries provision.sh built, failing loudly (never skipping) when any is missing.
     pub fn locate() -> Result<Binaries> {
-        let dir = layout::control_plane_bin_dir(
-            std::env::var(layout::BIN_DIR_ENV).ok().as_deref(),
-            std::env::var("XDG_CACHE_HOME").ok().as_deref(),
-            std::env::var("HOME").ok().as_deref(),
-        );
-        let apiserver = dir.join("kube-apiserver");
-        let controller_manager = dir.join("kube-controller-manager");
-        let missing: Vec<&str> = [
-            ("kube-apiserver", &apiserver),
-            ("kube-controller-manager", &controller_manager),
+        let dir = bin_dir();
+        let path = |name: &str| dir.join(name);
+        let bins = Binaries {
+            etcd: path("etcd"),
+            apiserver: path("kube-apiserver"),
+            controller_manager: path("kube-controller-manager"),
+            scheduler: path("kube-scheduler"),
+            kubelet: path("kubelet"),
+            proxy: path("kube-proxy"),
+            kubectl: path("kubectl"),
+        };
+        let missing: Vec<String> = [
+            &bins.etcd,
+            &bins.apiserver,
+            &bins.controller_manager,
+            &bins.scheduler,
+            &bins.kubelet,
+            &bins.proxy,
+            &bins.kubectl,
         ]
         .iter()
-        .filter(|(_, p)| !is_executable(p))
-        .map(|(n, _)| *n)
+        .filter(|p| !is_executable(p))
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
         if !missing.is_empty() {
             return Err(Error::ControlPlaneBinariesMissing {
@@ -51,12 +67,26 @@ impl Binaries {
                 missing: missing.join(", "),
             });
         }
-        let etcd = find_on_path("etcd").ok_or(Error::EtcdMissing)?;
-        Ok(Binaries {
-            etcd,
-            apiserver,
-            controller_manager,
-        })
+        Ok(bins)
+    }
+}
+
+/// The directory provision.sh put the binaries in.
+pub fn bin_dir() -> PathBuf {
+    layout::control_plane_bin_dir(
+        std::env::var(layout::BIN_DIR_ENV).ok().as_deref(),
+        std::env::var("XDG_CACHE_HOME").ok().as_deref(),
+        std::env::var("HOME").ok().as_deref(),
+    )
+}
+
+/// The kubectl matching the cluster's version (provision.sh builds it beside the server).
+pub fn kubectl_path() -> Result<PathBuf> {
+    let path = bin_dir().join("kubectl");
+    if is_executable(&path) {
+        Ok(path)
+    } else {
+        Err(Error::KubectlMissing { path })
     }
 }
 
@@ -119,77 +149,164 @@ pub struct ControlPlane {
     bins: Binaries,
     files: Files,
     ports: Ports,
+    network: Network,
+    /// `nsenter --net=<path>` prefix for processes in a node's network namespace.
+    netns: Option<PathBuf>,
     pki: Pki,
-    admin_token: String,
+    tokens: Tokens,
     etcd: Option<Proc>,
     apiserver: Option<Proc>,
     controller_manager: Option<Proc>,
+    scheduler: Option<Proc>,
 }
 
+/// The node's name: one node per cluster, so every cluster can use the same one.
+pub const NODE_NAME: &str = "testenv-node";
+
 impl ControlPlane {
-    /// Starts etcd, the API server (waits for /readyz) and the controller-manager (waits until
-    /// its tokens controller has minted the `default` ServiceAccount's token).
+    /// An API-server-only control plane on free loopback ports: etcd, the API server (waits for
+    /// /readyz) and the controller-manager (waits until it has created the `default`
+    /// ServiceAccount).
     pub async fn start() -> Result<ControlPlane> {
+        Self::start_with(
+            Network::Loopback,
+            None,
+            procs::scratch_dir("control-plane")?,
+        )
+        .await
+    }
+
+    /// A control plane inside the network namespace at `netns`, on the node's address `ip`
+    /// with the conventional ports, plus a scheduler; the caller adds the node.
+    pub async fn start_in_namespace(
+        netns: &Path,
+        ip: std::net::Ipv4Addr,
+        dir: PathBuf,
+    ) -> Result<ControlPlane> {
+        Self::start_with(Network::Node { ip }, Some(netns.to_path_buf()), dir).await
+    }
+
+    async fn start_with(
+        network: Network,
+        netns: Option<PathBuf>,
+        dir: PathBuf,
+    ) -> Result<ControlPlane> {
         let bins = Binaries::locate()?;
-        let files = Files {
-            dir: procs::scratch_dir("control-plane")?,
+        let files = Files { dir };
+        let ports = match network {
+            Network::Loopback => Ports {
+                etcd_client: free_port()?,
+                etcd_peer: free_port()?,
+                apiserver: free_port()?,
+            },
+            Network::Node { .. } => Ports::IN_NAMESPACE,
         };
-        let ports = Ports {
-            etcd_client: free_port()?,
-            etcd_peer: free_port()?,
-            apiserver: free_port()?,
+        let extra_ips: Vec<std::net::Ipv4Addr> = match network {
+            Network::Loopback => vec![],
+            Network::Node { ip } => vec![ip],
         };
-        let pki = Pki::generate()?;
-        let admin_token = random_hex(24)?;
+        let pki = Pki::generate(&extra_ips)?;
+        let tokens = Tokens {
+            admin: random_hex(24)?,
+            controller_manager: random_hex(24)?,
+            scheduler: random_hex(24)?,
+            kubelet: random_hex(24)?,
+            proxy: random_hex(24)?,
+        };
         std::fs::create_dir_all(files.cert_dir()).context("creating the cert dir")?;
         write(&files.ca(), &pki.ca_pem)?;
         write(&files.serving_cert(), &pki.serving_cert_pem)?;
         write(&files.serving_key(), &pki.serving_key_pem)?;
+        write(&files.kubelet_client_cert(), &pki.kubelet_client_cert_pem)?;
+        write(&files.kubelet_client_key(), &pki.kubelet_client_key_pem)?;
         write(&files.sa_key(), &pki.sa_key_pem)?;
         write(&files.sa_pub(), &pki.sa_pub_pem)?;
-        write(&files.tokens(), &layout::token_file(&admin_token))?;
+        write(&files.tokens(), &layout::token_file(&tokens, NODE_NAME))?;
         let mut cp = ControlPlane {
             bins,
             files,
             ports,
+            network,
+            netns,
             pki,
-            admin_token,
+            tokens,
             etcd: None,
             apiserver: None,
             controller_manager: None,
+            scheduler: None,
         };
-        let admin = layout::kubeconfig(
-            &cp.server_url(),
-            &cp.pki.ca_pem,
-            layout::ADMIN_USER,
-            &cp.admin_token,
-            "default",
-        );
-        write(&cp.files.admin_kubeconfig(), &admin.to_string())?;
+        let server = cp.server_url();
+        let kubeconfigs = [
+            (
+                cp.files.admin_kubeconfig(),
+                layout::ADMIN_USER.to_string(),
+                cp.tokens.admin.clone(),
+            ),
+            (
+                cp.files.controller_manager_kubeconfig(),
+                layout::CONTROLLER_MANAGER_USER.to_string(),
+                cp.tokens.controller_manager.clone(),
+            ),
+            (
+                cp.files.scheduler_kubeconfig(),
+                layout::SCHEDULER_USER.to_string(),
+                cp.tokens.scheduler.clone(),
+            ),
+            (
+                cp.files.kubelet_kubeconfig(),
+                layout::node_user(NODE_NAME),
+                cp.tokens.kubelet.clone(),
+            ),
+            (
+                cp.files.proxy_kubeconfig(),
+                layout::PROXY_USER.to_string(),
+                cp.tokens.proxy.clone(),
+            ),
+        ];
+        for (path, user, token) in kubeconfigs {
+            let kc = layout::kubeconfig(&server, &cp.pki.ca_pem, &user, &token, "default");
+            write(&path, &kc.to_string())?;
+        }
 
         cp.start_etcd().await?;
         cp.start_apiserver().await?;
         cp.start_controller_manager().await?;
+        if matches!(network, Network::Node { .. }) {
+            cp.start_scheduler()?;
+        }
         Ok(cp)
     }
 
+    /// Spawns a component, inside the node's network namespace when there is one.
+    fn spawn(&self, name: &str, program: &Path, args: &[String]) -> Result<Proc> {
+        match &self.netns {
+            None => Proc::spawn(name, program, args, &[], &self.files.dir),
+            Some(netns) => {
+                let (nsenter, args) = in_namespace(netns, program, args)?;
+                Proc::spawn(name, &nsenter, &args, &[], &self.files.dir)
+            }
+        }
+    }
+
     async fn start_etcd(&mut self) -> Result<()> {
-        let etcd = Proc::spawn(
+        let etcd = self.spawn(
             "etcd",
             &self.bins.etcd,
             &layout::etcd_args(&self.files, self.ports),
-            &[],
-            &self.files.dir,
         )?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.ports.etcd_client));
-        eventually_while_running("etcd /health", STARTUP_TIMEOUT, &[&etcd], || async move {
-            match crate::httpc::get(addr, "/health", Duration::from_secs(5)).await {
-                Ok(r) if r.status == 200 && r.body.contains("true") => Ok(()),
-                Ok(r) => Err(format!("{} {}", r.status, r.body)),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await?;
+        // etcd listens on the namespace's loopback; its health shows through the API server's
+        // /readyz (etcd check) when it is not reachable from here.
+        if self.netns.is_none() {
+            let addr = SocketAddr::from(([127, 0, 0, 1], self.ports.etcd_client));
+            eventually_while_running("etcd /health", STARTUP_TIMEOUT, &[&etcd], || async move {
+                match crate::httpc::get(addr, "/health", Duration::from_secs(5)).await {
+                    Ok(r) if r.status == 200 && r.body.contains("true") => Ok(()),
+                    Ok(r) => Err(format!("{} {}", r.status, r.body)),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await?;
+        }
         self.etcd = Some(etcd);
         Ok(())
     }
@@ -199,12 +316,10 @@ impl ControlPlane {
         if self.apiserver.is_some() {
             return Ok(());
         }
-        let apiserver = Proc::spawn(
+        let apiserver = self.spawn(
             "kube-apiserver",
             &self.bins.apiserver,
-            &layout::apiserver_args(&self.files, self.ports),
-            &[],
-            &self.files.dir,
+            &layout::apiserver_args(&self.files, self.ports, self.network),
         )?;
         let client = self.admin_client().await?;
         eventually_while_running(
@@ -249,22 +364,20 @@ impl ControlPlane {
     }
 
     async fn start_controller_manager(&mut self) -> Result<()> {
-        let kcm = Proc::spawn(
+        let kcm = self.spawn(
             "kube-controller-manager",
             &self.bins.controller_manager,
-            &layout::controller_manager_args(&self.files),
-            &[],
-            &self.files.dir,
+            &layout::controller_manager_args(&self.files, self.network),
         )?;
         let client = self.admin_client().await?;
-        // The tokens controller minting a Secret proves the controller-manager works.
+        // The ServiceAccount controller creating `default` proves the controller-manager works.
         eventually_while_running(
-            "the controller-manager to mint the default ServiceAccount's token",
+            "the controller-manager to create the default ServiceAccount",
             STARTUP_TIMEOUT,
             &[&kcm],
             || {
                 let client = client.clone();
-                async move { sa_token(&client, "default", "default").await }
+                async move { service_account_exists(&client, "default", "default").await }
             },
         )
         .await?;
@@ -272,12 +385,34 @@ impl ControlPlane {
         Ok(())
     }
 
+    fn start_scheduler(&mut self) -> Result<()> {
+        self.scheduler = Some(self.spawn(
+            "kube-scheduler",
+            &self.bins.scheduler,
+            &layout::scheduler_args(&self.files),
+        )?);
+        Ok(())
+    }
+
+    /// The binaries this control plane runs (the node uses the same build).
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    pub fn files(&self) -> &Files {
+        &self.files
+    }
+
     pub fn server_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.ports.apiserver)
+        format!(
+            "https://{}:{}",
+            self.network.apiserver_ip(),
+            self.ports.apiserver
+        )
     }
 
     pub fn apiserver_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports.apiserver))
+        SocketAddr::from((self.network.apiserver_ip(), self.ports.apiserver))
     }
 
     /// The CA (PEM) that signed the API server's certificate.
@@ -296,31 +431,31 @@ impl ControlPlane {
 
     /// Pids of the running components (for the process-cleanup test).
     pub fn pids(&self) -> Vec<u32> {
-        [&self.etcd, &self.apiserver, &self.controller_manager]
-            .iter()
-            .filter_map(|p| p.as_ref().map(|p| p.pid()))
-            .collect()
+        self.procs().map(|p| p.pid()).collect()
     }
 
     /// Fails with their output if any component has exited.
     pub fn ensure_running(&self) -> Result<()> {
-        for p in [&self.etcd, &self.apiserver, &self.controller_manager]
-            .into_iter()
-            .flatten()
-        {
-            p.ensure_running()?;
-        }
-        Ok(())
+        self.procs().try_for_each(Proc::ensure_running)
     }
 
     /// The last lines of each component's output, for failure messages.
     pub fn logs_tail(&self, n: usize) -> String {
-        [&self.etcd, &self.apiserver, &self.controller_manager]
-            .into_iter()
-            .flatten()
+        self.procs()
             .map(|p| p.output_tail(n))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    fn procs(&self) -> impl Iterator<Item = &Proc> {
+        [
+            &self.etcd,
+            &self.apiserver,
+            &self.controller_manager,
+            &self.scheduler,
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// A client authenticated as the admin (group system:masters), bound to the calling runtime.
@@ -329,7 +464,7 @@ impl ControlPlane {
     }
 
     /// Creates a namespace `<prefix>-<random>` and waits until pods can be created in it (its
-    /// `default` ServiceAccount has a token: the 1.20 ServiceAccount admission needs it).
+    /// `default` ServiceAccount exists: the ServiceAccount admission plugin needs it).
     pub async fn create_namespace(&self, prefix: &str) -> Result<String> {
         let name = format!("{prefix}-{}", procs::rand_suffix());
         let client = self.admin_client().await?;
@@ -341,7 +476,16 @@ impl ControlPlane {
             .create(&PostParams::default(), &ns)
             .await
             .context(format!("creating namespace {name}"))?;
-        self.service_account_token(&name, "default").await?;
+        let ns = name.clone();
+        eventually(
+            &format!("ServiceAccount {name}/default"),
+            Duration::from_secs(120),
+            || {
+                let (client, ns) = (client.clone(), ns.clone());
+                async move { service_account_exists(&client, &ns, "default").await }
+            },
+        )
+        .await?;
         Ok(name)
     }
 
@@ -362,16 +506,17 @@ impl ControlPlane {
         }
     }
 
-    /// The token of a ServiceAccount, from the Secret the tokens controller creates (waits).
+    /// A token of a ServiceAccount from the TokenRequest API (an hour's validity), as the
+    /// kubelet gets one for a pod; waits until the ServiceAccount exists.
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
         let client = self.admin_client().await?;
         let (ns, sa) = (namespace.to_string(), name.to_string());
         eventually(
-            &format!("a token Secret for ServiceAccount {namespace}/{name}"),
+            &format!("a token for ServiceAccount {namespace}/{name}"),
             Duration::from_secs(120),
             || {
                 let (client, ns, sa) = (client.clone(), ns.clone(), sa.clone());
-                async move { sa_token(&client, &ns, &sa).await }
+                async move { request_token(&client, &ns, &sa).await }
             },
         )
         .await
@@ -405,7 +550,7 @@ impl ControlPlane {
 
     /// Runs `kubectl --kubeconfig <admin> args…` with optional stdin.
     pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<CmdOutput> {
-        let kubectl = find_on_path("kubectl").ok_or(Error::KubectlMissing)?;
+        let kubectl = kubectl_path()?;
         let kubeconfig = self.files.admin_kubeconfig();
         let mut cmd = tokio::process::Command::new(kubectl);
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -466,9 +611,11 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Stops everything (controller-manager, API server, etcd) and removes the directory.
+    /// Stops everything (scheduler, controller-manager, API server, etcd) and removes the
+    /// directory.
     pub async fn stop(mut self) -> Result<()> {
         for p in [
+            self.scheduler.take(),
             self.controller_manager.take(),
             self.apiserver.take(),
             self.etcd.take(),
@@ -485,6 +632,7 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // Dependants first; Proc's own Drop SIGKILLs and reaps.
+        drop(self.scheduler.take());
         drop(self.controller_manager.take());
         drop(self.apiserver.take());
         drop(self.etcd.take());
@@ -502,38 +650,65 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
     Client::try_from(config).context(context)
 }
 
-/// The token of `namespace/name`'s first token Secret, or why there is none yet.
-async fn sa_token(
+/// `Ok` once ServiceAccount `namespace/name` exists, else why not.
+async fn service_account_exists(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> std::result::Result<(), String> {
+    match Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "ServiceAccount {namespace}/{name} does not exist yet"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A fresh token for `namespace/name` (TokenRequest), or why there is none.
+async fn request_token(
     client: &Client,
     namespace: &str,
     name: &str,
 ) -> std::result::Result<String, String> {
-    let sa = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .get_opt(name)
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "spec": {"audiences": [], "expirationSeconds": 3600}
+    }))
+    .map_err(|e| e.to_string())?;
+    let issued = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("ServiceAccount {namespace}/{name} does not exist yet"))?;
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    for r in sa.secrets.unwrap_or_default() {
-        let Some(secret_name) = r.name else { continue };
-        let Some(secret) = secrets
-            .get_opt(&secret_name)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            continue;
-        };
-        if secret.type_.as_deref() != Some("kubernetes.io/service-account-token") {
-            continue;
-        }
-        if let Some(token) = secret.data.as_ref().and_then(|d| d.get("token")) {
-            return String::from_utf8(token.0.clone())
-                .map_err(|_| format!("Secret {namespace}/{secret_name} has a non-UTF-8 token"));
-        }
-    }
-    Err(format!(
-        "ServiceAccount {namespace}/{name} has no token Secret yet"
-    ))
+        .map_err(|e| e.to_string())?;
+    issued
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| format!("the TokenRequest for {namespace}/{name} came back without a token"))
+}
+
+/// `nsenter --net=<netns> -- program args…`: the process joins the node's network namespace and
+/// execs `program` (same pid, so signals and exit statuses are the component's own). `ip netns
+/// exec` would also remount /sys, which hides the cgroup mounts from the kubelet.
+pub fn in_namespace(
+    netns: &Path,
+    program: &Path,
+    args: &[String],
+) -> Result<(PathBuf, Vec<String>)> {
+    let nsenter = find_on_path("nsenter").ok_or_else(|| {
+        fail(
+            "entering the cluster's network namespace",
+            "nsenter not found on PATH: install Debian's util-linux",
+        )
+    })?;
+    let mut all = vec![
+        format!("--net={}", netns.display()),
+        "--".to_string(),
+        program.display().to_string(),
+    ];
+    all.extend(args.iter().cloned());
+    Ok((nsenter, all))
 }
 
 /// The control plane shared by all tests of one test binary, started on first use. It is never

@@ -6,18 +6,16 @@ use std::time::Duration;
 #[derive(thiserror::Error)]
 pub enum Error {
     #[error(
-        "control-plane binaries not found in {dir} (missing {missing}): run tests/testenv/provision.sh \
-         (or set TESTENV_BIN_DIR to the directory it prints)"
+        "Kubernetes binaries not found in {dir} (missing {missing}): run tests/testenv/provision.sh \
+         (it builds them from Go modules; or set TESTENV_BIN_DIR to the directory it prints)"
     )]
     ControlPlaneBinariesMissing { dir: PathBuf, missing: String },
 
     #[error(
-        "etcd not found on PATH: run tests/testenv/provision.sh (installs Debian's etcd-server)"
+        "kubectl not found at {path}: run tests/testenv/provision.sh (it builds the kubectl that \
+         matches the test cluster)"
     )]
-    EtcdMissing,
-
-    #[error("kubectl not found on PATH: install Debian's kubernetes-client (test.sh does this)")]
-    KubectlMissing,
+    KubectlMissing { path: PathBuf },
 
     #[error("project binary {name} not found at {path}: build it first with `cargo build --bins`")]
     ProjectBinaryMissing { name: String, path: PathBuf },

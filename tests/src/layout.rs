@@ -5,28 +5,68 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-/// Kubernetes version of the cached control-plane binaries (see tests/testenv/provision.sh).
-pub const KUBERNETES_VERSION: &str = "1.20.2";
-/// Environment variable naming the directory with kube-apiserver and kube-controller-manager.
+/// Kubernetes version of the cached binaries (tests/testenv/provision.sh builds them from the
+/// `k8s.io/kubernetes` Go module; keep the two in step).
+pub const KUBERNETES_VERSION: &str = "v1.35.4";
+/// etcd built from `go.etcd.io/etcd/server/v3` (the release Kubernetes 1.35's client pairs with).
+pub const ETCD_VERSION: &str = "v3.6.5";
+/// Environment variable naming the directory with the binaries provision.sh built.
 pub const BIN_DIR_ENV: &str = "TESTENV_BIN_DIR";
 /// The admin's bearer token; the token file puts it in group system:masters.
 pub const ADMIN_USER: &str = "testenv-admin";
-/// Service IP range; nothing routes it (there are no nodes), the API server just needs one.
+/// Service IP range; its first address is the `kubernetes` Service, which kube-proxy routes to
+/// the API server on a cluster with a node.
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
-/// Controllers that need nodes, a cloud or volumes: nothing for them to do without nodes.
+/// The `kubernetes` Service's ClusterIP (the first address of the range); in the API server's
+/// certificate so pods can verify it.
+pub const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
+/// Controllers that need nodes, a cloud or volumes: without a node they have nothing to do.
 pub const DISABLED_CONTROLLERS: &[&str] = &[
-    "nodeipam",
-    "nodelifecycle",
-    "cloud-node-lifecycle",
-    "route",
-    "service",
-    "attachdetach",
-    "persistentvolume-binder",
-    "persistentvolume-expander",
-    "pv-protection",
-    "pvc-protection",
-    "ephemeral-volume",
+    "node-ipam-controller",
+    "node-lifecycle-controller",
+    "cloud-node-lifecycle-controller",
+    "node-route-controller",
+    "service-lb-controller",
+    "persistentvolume-attach-detach-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-expander-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
+    "ephemeral-volume-controller",
 ];
+/// With a node, only the controllers that need a cloud stay off: the node-lifecycle controller
+/// must run (it lifts the node's not-ready taint), and so must the volume controllers pods use.
+pub const DISABLED_CONTROLLERS_WITH_NODE: &[&str] = &[
+    "cloud-node-lifecycle-controller",
+    "node-route-controller",
+    "service-lb-controller",
+];
+/// Users the static token file defines for the cluster's components, with their groups. The
+/// names are the ones Kubernetes' bootstrap RBAC binds (system:kube-scheduler, system:node:…).
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+pub const PROXY_USER: &str = "system:kube-proxy";
+/// The API server's client certificate towards the kubelet; bound to system:kubelet-api-admin.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+
+/// Where the control plane listens: on loopback (API server only: many can run at once on free
+/// ports), or inside a node's network namespace on the node's address (fixed ports: each
+/// namespace has its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    Loopback,
+    Node { ip: std::net::Ipv4Addr },
+}
+
+impl Network {
+    /// The address clients (tests on the host, pods through the `kubernetes` Service) use.
+    pub fn apiserver_ip(self) -> std::net::Ipv4Addr {
+        match self {
+            Network::Loopback => std::net::Ipv4Addr::LOCALHOST,
+            Network::Node { ip } => ip,
+        }
+    }
+}
 
 /// Where provision.sh caches the binaries: `$TESTENV_BIN_DIR`, else
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/leader-election-testenv/kubernetes-<version>/bin`.
@@ -83,6 +123,24 @@ impl Files {
     pub fn cert_dir(&self) -> PathBuf {
         self.dir.join("apiserver-certs")
     }
+    pub fn kubelet_client_cert(&self) -> PathBuf {
+        self.dir.join("apiserver-kubelet-client.crt")
+    }
+    pub fn kubelet_client_key(&self) -> PathBuf {
+        self.dir.join("apiserver-kubelet-client.key")
+    }
+    pub fn controller_manager_kubeconfig(&self) -> PathBuf {
+        self.dir.join("controller-manager.kubeconfig")
+    }
+    pub fn scheduler_kubeconfig(&self) -> PathBuf {
+        self.dir.join("scheduler.kubeconfig")
+    }
+    pub fn kubelet_kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubelet.kubeconfig")
+    }
+    pub fn proxy_kubeconfig(&self) -> PathBuf {
+        self.dir.join("kube-proxy.kubeconfig")
+    }
 }
 
 /// Ports of one control plane.
@@ -93,7 +151,32 @@ pub struct Ports {
     pub apiserver: u16,
 }
 
+impl Ports {
+    /// The conventional ports, for a control plane alone in its network namespace.
+    pub const IN_NAMESPACE: Ports = Ports {
+        etcd_client: 2379,
+        etcd_peer: 2380,
+        apiserver: 6443,
+    };
+}
+
+/// Bearer tokens of the cluster's users (the static token file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub admin: String,
+    pub controller_manager: String,
+    pub scheduler: String,
+    pub kubelet: String,
+    pub proxy: String,
+}
+
+/// The node's user name, as the Node authorizer expects it.
+pub fn node_user(node: &str) -> String {
+    format!("system:node:{node}")
+}
+
 pub fn etcd_args(files: &Files, ports: Ports) -> Vec<String> {
+    // etcd always listens on loopback: only the API server, beside it, talks to it.
     let client = format!("http://127.0.0.1:{}", ports.etcd_client);
     let peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
     vec![
@@ -107,40 +190,69 @@ pub fn etcd_args(files: &Files, ports: Ports) -> Vec<String> {
         // Tests churn: keep the log quiet and the backend small.
         "--log-level=warn".into(),
         "--auto-compaction-retention=1m".into(),
+        // No metrics listener on a fixed port: several clusters may run at once.
+        "--listen-metrics-urls=".into(),
     ]
 }
 
-pub fn apiserver_args(files: &Files, ports: Ports) -> Vec<String> {
-    vec![
+pub fn apiserver_args(files: &Files, ports: Ports, network: Network) -> Vec<String> {
+    let mut args = vec![
         format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
-        "--bind-address=127.0.0.1".into(),
-        "--advertise-address=127.0.0.1".into(),
         format!("--secure-port={}", ports.apiserver),
         format!("--cert-dir={}", files.cert_dir().display()),
         format!("--tls-cert-file={}", files.serving_cert().display()),
         format!("--tls-private-key-file={}", files.serving_key().display()),
         format!("--client-ca-file={}", files.ca().display()),
         format!("--token-auth-file={}", files.tokens().display()),
-        "--authorization-mode=RBAC".into(),
         format!("--service-account-key-file={}", files.sa_pub().display()),
-        format!("--service-account-signing-key-file={}", files.sa_key().display()),
+        format!(
+            "--service-account-signing-key-file={}",
+            files.sa_key().display()
+        ),
         "--service-account-issuer=https://kubernetes.default.svc".into(),
         format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-        "--enable-admission-plugins=ServiceAccount,NamespaceLifecycle,MutatingAdmissionWebhook,ValidatingAdmissionWebhook".into(),
         "--allow-privileged=true".into(),
-        // One API server, no HA: skip the lease-based endpoint reconciler's churn.
-        "--endpoint-reconciler-type=none".into(),
         "-v=1".into(),
-    ]
+    ];
+    match network {
+        Network::Loopback => args.extend([
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            "--authorization-mode=RBAC".into(),
+            // No node routes the `kubernetes` Service: skip the endpoint reconciler's churn.
+            "--endpoint-reconciler-type=none".into(),
+        ]),
+        Network::Node { ip } => args.extend([
+            // All addresses of the namespace: the node's (tests, kube-proxy's DNAT for pods).
+            "--bind-address=0.0.0.0".into(),
+            format!("--advertise-address={ip}"),
+            "--authorization-mode=Node,RBAC".into(),
+            "--enable-admission-plugins=NodeRestriction".into(),
+            format!(
+                "--kubelet-client-certificate={}",
+                files.kubelet_client_cert().display()
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                files.kubelet_client_key().display()
+            ),
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ]),
+    }
+    args
 }
 
-pub fn controller_manager_args(files: &Files) -> Vec<String> {
-    let disabled: Vec<String> = DISABLED_CONTROLLERS
-        .iter()
-        .map(|c| format!("-{c}"))
-        .collect();
+pub fn controller_manager_args(files: &Files, network: Network) -> Vec<String> {
+    let disabled = match network {
+        Network::Loopback => DISABLED_CONTROLLERS,
+        Network::Node { .. } => DISABLED_CONTROLLERS_WITH_NODE,
+    };
+    let disabled: Vec<String> = disabled.iter().map(|c| format!("-{c}")).collect();
     vec![
-        format!("--kubeconfig={}", files.admin_kubeconfig().display()),
+        format!(
+            "--kubeconfig={}",
+            files.controller_manager_kubeconfig().display()
+        ),
         format!(
             "--service-account-private-key-file={}",
             files.sa_key().display()
@@ -148,17 +260,36 @@ pub fn controller_manager_args(files: &Files) -> Vec<String> {
         format!("--root-ca-file={}", files.ca().display()),
         "--leader-elect=false".into(),
         format!("--controllers=*,{}", disabled.join(",")),
+        // Each controller acts as its own ServiceAccount, as kubeadm sets it up.
+        "--use-service-account-credentials=true".into(),
         // No serving: several control planes may run at once and nobody scrapes them.
-        "--port=0".into(),
         "--secure-port=0".into(),
-        "--use-service-account-credentials=false".into(),
         "-v=1".into(),
     ]
 }
 
-/// `token,user,uid,"groups"` for --token-auth-file.
-pub fn token_file(admin_token: &str) -> String {
-    format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n")
+pub fn scheduler_args(files: &Files) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", files.scheduler_kubeconfig().display()),
+        "--leader-elect=false".into(),
+        "--secure-port=0".into(),
+        "-v=1".into(),
+    ]
+}
+
+/// `token,user,uid,"groups"` lines for --token-auth-file.
+pub fn token_file(tokens: &Tokens, node: &str) -> String {
+    let node_user = node_user(node);
+    let rows = [
+        (&tokens.admin, ADMIN_USER, "system:masters"),
+        (&tokens.controller_manager, CONTROLLER_MANAGER_USER, ""),
+        (&tokens.scheduler, SCHEDULER_USER, ""),
+        (&tokens.kubelet, node_user.as_str(), "system:nodes"),
+        (&tokens.proxy, PROXY_USER, ""),
+    ];
+    rows.iter()
+        .map(|(token, user, groups)| format!("{token},{user},{user},\"{groups}\"\n"))
+        .collect()
 }
 
 /// A kubeconfig (JSON, which is YAML) for `server` trusting `ca_pem`, authenticating with
@@ -251,71 +382,86 @@ mod tests {
             etcd_peer: 2,
             apiserver: 3,
         };
-        let a = apiserver_args(&files, ports);
-        let cases = [
-            ("etcd-servers", "http://127.0.0.1:1"),
-            ("secure-port", "3"),
-            ("bind-address", "127.0.0.1"),
-            ("authorization-mode", "RBAC"),
-            ("token-auth-file", "/t/tokens.csv"),
-            ("service-account-key-file", "/t/sa.pub"),
-            ("service-account-signing-key-file", "/t/sa.key"),
-            ("client-ca-file", "/t/ca.crt"),
-            ("service-cluster-ip-range", SERVICE_CLUSTER_IP_RANGE),
-        ];
-        for (name, want) in cases {
-            assert_eq!(flag(&a, name), Some(want), "--{name}");
+        let node = Network::Node {
+            ip: std::net::Ipv4Addr::new(10, 9, 8, 7),
+        };
+        for network in [Network::Loopback, node] {
+            let a = apiserver_args(&files, ports, network);
+            let cases = [
+                ("etcd-servers", "http://127.0.0.1:1"),
+                ("secure-port", "3"),
+                ("token-auth-file", "/t/tokens.csv"),
+                ("service-account-key-file", "/t/sa.pub"),
+                ("service-account-signing-key-file", "/t/sa.key"),
+                ("client-ca-file", "/t/ca.crt"),
+                ("service-cluster-ip-range", SERVICE_CLUSTER_IP_RANGE),
+            ];
+            for (name, want) in cases {
+                assert_eq!(flag(&a, name), Some(want), "--{name} ({network:?})");
+            }
         }
-        let plugins = flag(&a, "enable-admission-plugins").unwrap_or_default();
-        for p in [
-            "ServiceAccount",
-            "NamespaceLifecycle",
-            "MutatingAdmissionWebhook",
-            "ValidatingAdmissionWebhook",
-        ] {
-            assert!(
-                plugins.split(',').any(|x| x == p),
-                "{p} missing from {plugins}"
-            );
-        }
+        let a = apiserver_args(&files, ports, Network::Loopback);
+        assert_eq!(flag(&a, "bind-address"), Some("127.0.0.1"));
+        assert_eq!(flag(&a, "authorization-mode"), Some("RBAC"));
+        assert_eq!(flag(&a, "endpoint-reconciler-type"), Some("none"));
+        let a = apiserver_args(&files, ports, node);
+        // Pods reach it through the `kubernetes` Service: the endpoint reconciler must run.
+        assert_eq!(flag(&a, "endpoint-reconciler-type"), None);
+        assert_eq!(flag(&a, "advertise-address"), Some("10.9.8.7"));
+        assert_eq!(flag(&a, "authorization-mode"), Some("Node,RBAC"));
+        assert_eq!(
+            flag(&a, "enable-admission-plugins"),
+            Some("NodeRestriction")
+        );
+        assert_eq!(
+            flag(&a, "kubelet-client-certificate"),
+            Some("/t/apiserver-kubelet-client.crt")
+        );
     }
 
     #[test]
-    fn controller_manager_disables_node_controllers_only() {
+    fn controller_manager_disables_node_controllers_only_without_a_node() {
         let files = Files {
             dir: PathBuf::from("/t"),
         };
-        let a = controller_manager_args(&files);
-        assert_eq!(flag(&a, "leader-elect"), Some("false"));
-        assert_eq!(
-            flag(&a, "service-account-private-key-file"),
-            Some("/t/sa.key")
-        );
-        assert_eq!(flag(&a, "root-ca-file"), Some("/t/ca.crt"));
-        let controllers: Vec<&str> = flag(&a, "controllers")
-            .unwrap_or_default()
-            .split(',')
-            .collect();
-        assert_eq!(controllers[0], "*");
+        let controllers = |network| -> Vec<String> {
+            let a = controller_manager_args(&files, network);
+            assert_eq!(flag(&a, "leader-elect"), Some("false"));
+            assert_eq!(
+                flag(&a, "service-account-private-key-file"),
+                Some("/t/sa.key")
+            );
+            assert_eq!(flag(&a, "root-ca-file"), Some("/t/ca.crt"));
+            assert_eq!(
+                flag(&a, "kubeconfig"),
+                Some("/t/controller-manager.kubeconfig")
+            );
+            let c: Vec<String> = flag(&a, "controllers")
+                .unwrap_or_default()
+                .split(',')
+                .map(String::from)
+                .collect();
+            assert_eq!(c[0], "*");
+            c
+        };
+        let disabled = |c: &[String], name: &str| c.contains(&format!("-{name}"));
+        let alone = controllers(Network::Loopback);
+        let with_node = controllers(Network::Node {
+            ip: std::net::Ipv4Addr::new(10, 0, 0, 9),
+        });
         for needed in [
-            "replicaset",
-            "deployment",
-            "serviceaccount",
-            "serviceaccount-token",
-            "namespace",
-            "garbagecollector",
+            "replicaset-controller",
+            "deployment-controller",
+            "serviceaccount-controller",
+            "namespace-controller",
+            "garbage-collector-controller",
         ] {
-            assert!(
-                !controllers.contains(&format!("-{needed}").as_str()),
-                "{needed} disabled"
-            );
+            assert!(!disabled(&alone, needed), "{needed} disabled");
+            assert!(!disabled(&with_node, needed), "{needed} disabled");
         }
-        for c in ["nodelifecycle", "route", "service", "attachdetach"] {
-            assert!(
-                controllers.contains(&format!("-{c}").as_str()),
-                "{c} not disabled"
-            );
-        }
+        assert!(disabled(&alone, "node-lifecycle-controller"));
+        // It lifts a new node's not-ready taint: without it no pod is ever scheduled.
+        assert!(!disabled(&with_node, "node-lifecycle-controller"));
     }
 
     #[test]
@@ -337,10 +483,21 @@ mod tests {
     }
 
     #[test]
-    fn token_file_grants_system_masters() {
+    fn token_file_names_each_component_as_bootstrap_rbac_expects() {
+        let tokens = Tokens {
+            admin: "a".into(),
+            controller_manager: "c".into(),
+            scheduler: "s".into(),
+            kubelet: "k".into(),
+            proxy: "p".into(),
+        };
         assert_eq!(
-            token_file("abc"),
-            "abc,testenv-admin,testenv-admin,\"system:masters\"\n"
+            token_file(&tokens, "n1"),
+            "a,testenv-admin,testenv-admin,\"system:masters\"\n\
+             c,system:kube-controller-manager,system:kube-controller-manager,\"\"\n\
+             s,system:kube-scheduler,system:kube-scheduler,\"\"\n\
+             k,system:node:n1,system:node:n1,\"system:nodes\"\n\
+             p,system:kube-proxy,system:kube-proxy,\"\"\n"
         );
     }
 

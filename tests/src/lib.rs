@@ -1,11 +1,14 @@
-//! Real control-plane harness for the integration tests: etcd, kube-apiserver 1.20.2 and
-//! kube-controller-manager (binaries from tests/testenv/provision.sh), plus helpers to run the
-//! project's binaries against it.
+//! Real-cluster harness for the integration and end-to-end tests: Kubernetes
+//! ([`layout::KUBERNETES_VERSION`], built from Go modules by tests/testenv/provision.sh), either
+//! as a control plane alone on loopback ([`ControlPlane`]) or as a whole single-node cluster
+//! whose kubelet runs real pods ([`cluster::Cluster`]), plus helpers to run the project's
+//! binaries against them.
 //!
-//! Tests usually share one control plane per test binary ([`shared`]) and use a namespace each;
-//! a test that restarts the API server starts its own ([`ControlPlane::start`]).
+//! Tests usually share one control plane ([`shared`]) or cluster ([`cluster::shared`]) per test
+//! binary and use a namespace each; a test that restarts the API server starts its own.
 
 pub mod bench;
+pub mod cluster;
 pub mod control_plane;
 pub mod demo;
 pub mod elector;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, PostParams};
 
-use crate::control_plane::{ControlPlane, find_on_path};
+use crate::control_plane::{ControlPlane, kubectl_path};
 use crate::error::{Context, Error, Result, fail};
 
 pub fn manifests_dir() -> PathBuf {
@@ -33,7 +33,7 @@ pub fn read_yaml_file(path: &Path) -> Result<Vec<serde_json::Value>> {
 
 /// `kubectl kustomize <dir>` (client-side only), parsed.
 pub async fn kustomize(dir: &Path) -> Result<Vec<serde_json::Value>> {
-    let kubectl = find_on_path("kubectl").ok_or(Error::KubectlMissing)?;
+    let kubectl = kubectl_path()?;
     let out = tokio::process::Command::new(kubectl)
         .arg("kustomize")
         .arg(dir)

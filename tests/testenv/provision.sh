@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Provides the control-plane binaries the integration tests run: etcd from Debian's etcd-server
-# package, kube-apiserver and kube-controller-manager built from Debian bookworm's kubernetes
-# source package. Everything comes from Debian's registry; the built binaries are cached per
-# version, so a second run takes seconds. Prints the directory holding the binaries on stdout's
-# last line. Fails loudly with the reason: the tests never silently skip.
+# Provides the Kubernetes binaries the test cluster runs, built here with the machine's Go from Go
+# modules (no prebuilt binary can be downloaded on these machines):
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
+#       from k8s.io/kubernetes (tests/testenv/kubernetes/go.mod pins it and its staging modules)
+#   etcd
+#       from go.etcd.io/etcd/server/v3 (tests/testenv/etcd/go.mod)
+# Installs the node's Debian packages too (containerd, runc, CNI plugins, iptables, ...).
+# Built once per pinned version and cached under ${XDG_CACHE_HOME:-~/.cache}/leader-election-testenv;
+# a warm run takes a second. Prints progress on stderr and the binary directory as stdout's last
+# line. Fails loudly with the reason: the tests never silently skip.
 set -euo pipefail
 
-K8S_VERSION=1.20.2
-K8S_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
+HERE=$(cd "$(dirname "$0")" && pwd)
+# Keep in step with tests/src/layout.rs (KUBERNETES_VERSION, ETCD_VERSION).
+K8S_VERSION=v1.35.4
+ETCD_VERSION=v3.6.5
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/leader-election-testenv"
 BIN_DIR="$CACHE_ROOT/kubernetes-$K8S_VERSION/bin"
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
 log() { printf '[testenv] %s\n' "$*" >&2; }
 die() { printf '[testenv] ERROR: %s\n' "$*" >&2; exit 1; }
-
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_updated=false
@@ -27,64 +34,62 @@ apt_install() {
     || die "apt-get install ${missing[*]} failed"
 }
 
-apt_install etcd-server
-command -v etcd >/dev/null || die "etcd-server is installed but no etcd binary is on PATH"
+# The node: Debian's containerd 1.6 and runc 1.1 run this project's OCI images in this VM; the
+# CNI plugins give pods a bridge network; kube-proxy programs iptables; nsenter (util-linux)
+# enters the cluster's network namespace.
+apt_install containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux kmod
+# A package's service may have started a system containerd: the cluster runs its own, with its
+# own socket and state, so the system one is left alone.
 
-if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kube-controller-manager" ]; then
-  log "using cached kube-apiserver and kube-controller-manager $K8S_VERSION from $BIN_DIR"
+command -v go >/dev/null || die "Go is not installed (the machine image provides go; install Go >= 1.25)"
+go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+[ "${go_minor:-0}" -ge 25 ] 2>/dev/null || die "Go $(go env GOVERSION) is too old: Kubernetes $K8S_VERSION needs Go >= 1.25"
+
+# The build inputs decide the cache: a changed go.mod/go.sum or flag rebuilds.
+LDFLAGS="-s -w \
+ -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
+ -X k8s.io/component-base/version.gitMajor=$(echo "$K8S_VERSION" | sed -E 's/^v([0-9]+)\..*/\1/') \
+ -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/') \
+ -X k8s.io/component-base/version.gitTreeState=clean \
+ -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z \
+ -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
+stamp=$(cat "$HERE/kubernetes/go.mod" "$HERE/kubernetes/go.sum" "$HERE/etcd/go.mod" "$HERE/etcd/go.sum" \
+          <(echo "$LDFLAGS $(go env GOVERSION)") | sha256sum | cut -c1-16)
+
+cached=true
+for b in "${K8S_BINARIES[@]}" etcd; do [ -x "$BIN_DIR/$b" ] || cached=false; done
+[ "$(cat "$BIN_DIR/.stamp" 2>/dev/null)" = "$stamp" ] || cached=false
+if $cached; then
+  log "using cached Kubernetes $K8S_VERSION and etcd $ETCD_VERSION from $BIN_DIR"
   echo "$BIN_DIR"
   exit 0
 fi
 
-apt_install rsync golang-1.19-go golang-github-modern-go-reflect2-dev make dpkg-dev
-
-# The system's own Debian mirror, so the same registry serves the source package.
-mirror=$(grep -rhoE '^(URIs:|deb) *https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
-           /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v security | grep -i debian | head -n1 \
-         | sed -E 's/^(URIs:|deb) *//' || true)
-[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
-log "Debian mirror: $mirror"
-
-work="$CACHE_ROOT/build-$K8S_VERSION"
-rm -rf "$work"
-mkdir -p "$work/apt/lists/partial" "$work/src"
-echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bookworm main" >"$work/apt/sources.list"
-apt_private=(-oDir::Etc::SourceList="$work/apt/sources.list" -oDir::Etc::SourceParts=/dev/null
-             -oDir::State::Lists="$work/apt/lists" -oAPT::Sandbox::User=root)
-log "fetching the kubernetes $K8S_DEB_VERSION source package index"
-apt-get "${apt_private[@]}" update -qq >&2 || die "could not read bookworm's source index from $mirror"
-log "downloading the kubernetes source package (~25 MB)"
-(cd "$work/src" && apt-get "${apt_private[@]}" source --download-only "kubernetes=$K8S_DEB_VERSION" >&2) \
-  || die "could not download source package kubernetes=$K8S_DEB_VERSION"
-orig=$(ls "$work"/src/kubernetes_*.orig.tar.* 2>/dev/null | head -n1)
-[ -n "$orig" ] || die "no orig tarball in $work/src"
-
-log "unpacking $(basename "$orig")"
-mkdir -p "$work/tree"
-tar -xf "$orig" -C "$work/tree"
-tree=$(find "$work/tree" -mindepth 1 -maxdepth 1 -type d | head -n1)
-[ -f "$tree/Makefile" ] || tree="$work/tree"
-[ -d "$tree/vendor" ] || die "the orig tarball has no vendor/ directory"
-
-# The vendored reflect2 1.0.1 breaks on Go >= 1.18; Debian's packaged copy works.
-rm -rf "$tree/vendor/github.com/modern-go/reflect2"
-cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$tree/vendor/github.com/modern-go/reflect2"
-
-log "building kube-apiserver and kube-controller-manager $K8S_VERSION (4-7 minutes on 2 cores)"
+export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
+build_dir="$BIN_DIR.partial"
+rm -rf "$build_dir"
+mkdir -p "$build_dir"
 start=$(date +%s)
-(
-  cd "$tree"
-  export PATH=/usr/lib/go-1.19/bin:$PATH CGO_ENABLED=0 GOFLAGS= GO111MODULE=off
-  export KUBE_GIT_VERSION="v$K8S_VERSION" KUBE_GIT_TREE_STATE=clean
-  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" 2>&1 \
-    | while IFS= read -r line; do printf '[testenv] [%4ds] %s\n' $(( $(date +%s) - start )) "$line" >&2; done
-  exit "${PIPESTATUS[0]}"
-) || die "the kubernetes build failed; see the lines above"
+elapsed() { echo "$(( $(date +%s) - start ))s"; }
 
-built=$(find "$tree/_output" -type f -name kube-apiserver -path '*bin*' | head -n1)
-[ -n "$built" ] || die "the build produced no kube-apiserver"
-mkdir -p "$BIN_DIR"
-cp "$(dirname "$built")/kube-apiserver" "$(dirname "$built")/kube-controller-manager" "$BIN_DIR/"
-rm -rf "$work"
-log "built in $(( $(date +%s) - start ))s; cached in $BIN_DIR"
+log "downloading Go modules for Kubernetes $K8S_VERSION and etcd $ETCD_VERSION (first run: ~300 MB)"
+(cd "$HERE/kubernetes" && go mod download) || die "go mod download failed for k8s.io/kubernetes $K8S_VERSION"
+(cd "$HERE/etcd" && go mod download) || die "go mod download failed for etcd $ETCD_VERSION"
+
+i=0
+total=$(( ${#K8S_BINARIES[@]} + 1 ))
+for b in "${K8S_BINARIES[@]}"; do
+  i=$((i + 1))
+  log "[$(elapsed)] building $b $K8S_VERSION ($i/$total; the first takes longest, later ones reuse Go's build cache)"
+  (cd "$HERE/kubernetes" && go build -trimpath -ldflags "$LDFLAGS" -o "$build_dir/$b" "k8s.io/kubernetes/cmd/$b") \
+    || die "go build k8s.io/kubernetes/cmd/$b failed; see the lines above"
+done
+log "[$(elapsed)] building etcd $ETCD_VERSION ($total/$total)"
+(cd "$HERE/etcd" && go build -trimpath -ldflags "-s -w" -o "$build_dir/etcd" go.etcd.io/etcd/server/v3) \
+  || die "go build go.etcd.io/etcd/server/v3 failed; see the lines above"
+
+echo "$stamp" >"$build_dir/.stamp"
+rm -rf "$BIN_DIR"
+mv "$build_dir" "$BIN_DIR"
+log "built in $(elapsed); cached in $BIN_DIR ($(du -sh "$BIN_DIR" | cut -f1))"
 echo "$BIN_DIR"

@@ -1,5 +1,6 @@
 //! Every kustomization under manifests/ (and certs/) renders with `kubectl kustomize` and is
-//! accepted by `kubectl apply --dry-run=server` against the 1.20 control plane. Components cannot
+//! accepted by `kubectl apply --dry-run=server` (with kubectl's full schema validation) against
+//! the test control plane, the current Kubernetes built here. Components cannot
 //! be built alone: each is rendered on top of the base through a small wrapper kustomization.
 
 use std::path::{Path, PathBuf};
@@ -130,37 +131,16 @@ fn component_wrapper(root: &Path, component: &Path) -> Result<PathBuf> {
 }
 
 /// Server-side dry-run of rendered objects; returns kubectl's stderr (warnings).
-/// Kinds the manifests use at a GA version newer than the 1.20 test server, with the version
-/// 1.20 serves the same schema at: PodDisruptionBudget is policy/v1 from 1.21 (and v1beta1 is
-/// gone in 1.25, so the shipped v1 is right). Only the apiVersion is rewritten, and each rewrite
-/// is reported.
-const OLDER_VERSION_ON_1_20: &[(&str, &str, &str)] =
-    &[("PodDisruptionBudget", "policy/v1", "policy/v1beta1")];
-
-fn for_1_20(docs: &mut [serde_json::Value]) -> Vec<String> {
-    let mut rewritten = Vec::new();
-    for d in docs.iter_mut() {
-        for (kind, new, old) in OLDER_VERSION_ON_1_20 {
-            if d["kind"] == *kind && d["apiVersion"] == *new {
-                d["apiVersion"] = (*old).into();
-                rewritten.push(format!("{kind} {new} as {old}"));
-            }
-        }
-    }
-    rewritten
-}
-
 /// Objects without a namespace go to the kubeconfig's `default` (creating nothing).
 async fn dry_run(
     cp: &ControlPlane,
     docs: &[serde_json::Value],
 ) -> std::result::Result<String, String> {
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
-    // --validate=false: client-side schema validation uses the 1.20 server's OpenAPI and would
-    // reject fields newer than 1.20 (matchConditions) outright; the server drops them instead.
+    // --validate=strict: unknown or duplicate fields are errors, not warnings.
     let out = cp
         .kubectl(
-            &["apply", "--dry-run=server", "--validate=false", "-f", "-"],
+            &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
             Some(&list.to_string()),
         )
         .await
@@ -206,7 +186,7 @@ async fn every_kustomization_renders_and_passes_a_server_dry_run() -> Result<()>
             dir.clone()
         };
         let name = rel(dir);
-        let mut docs = match kustomize(&target).await {
+        let docs = match kustomize(&target).await {
             Ok(d) if !d.is_empty() => d,
             Ok(_) => {
                 failures.push(format!("{name}: renders no objects"));
@@ -218,16 +198,10 @@ async fn every_kustomization_renders_and_passes_a_server_dry_run() -> Result<()>
             }
         };
         ensure_namespaces(cp, &docs).await?;
-        let rewritten = for_1_20(&mut docs);
         match dry_run(cp, &docs).await {
             Ok(warnings) => checked.push(format!(
-                "{name} ({} objects){}{}",
+                "{name} ({} objects){}",
                 docs.len(),
-                if rewritten.is_empty() {
-                    String::new()
-                } else {
-                    format!("; for 1.20: {}", rewritten.join(", "))
-                },
                 if warnings.trim().is_empty() {
                     String::new()
                 } else {
