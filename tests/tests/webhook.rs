@@ -220,8 +220,8 @@ async fn the_example_yields_three_injected_pods_on_their_own_service_account_wit
             }
             for pod in &pods {
                 assert_eq!(
-                    pod["spec"]["serviceAccountName"], "my-app",
-                    "the pod keeps the example's own ServiceAccount"
+                    pod["spec"]["serviceAccountName"], "default",
+                    "the pod keeps its ServiceAccount"
                 );
             }
             // The controller: Lease created ahead, a Role on exactly that Lease bound to the
@@ -256,7 +256,7 @@ async fn the_example_yields_three_injected_pods_on_their_own_service_account_wit
             let subjects = rb.subjects.unwrap_or_default();
             assert!(
                 subjects.len() == 1
-                    && subjects[0].name == "my-app"
+                    && subjects[0].name == "default"
                     && subjects[0].namespace.as_deref() == Some(ns.as_str()),
                 "RoleBinding subjects {subjects:?}"
             );

@@ -77,12 +77,7 @@ impl Node {
         )
         .await
         .map(|_| ())
-        .map_err(|e| {
-            fail(
-                format!("importing {archive} into the node's containerd"),
-                e,
-            )
-        })
+        .map_err(|e| fail(format!("importing {archive} into the node's containerd"), e))
     }
 
     /// Starts the kubelet and kube-proxy, then waits until the Node is Ready and untainted.
