@@ -21,6 +21,8 @@ pub mod annotations {
     pub const RENEW_DEADLINE: &str = "leader-election/renew-deadline";
     /// Retry period, e.g. `2s`.
     pub const RETRY_PERIOD: &str = "leader-election/retry-period";
+    /// Renew interval of the leader, e.g. `5s` (elector flag [`super::flags::RENEW_INTERVAL`]).
+    pub const RENEW_INTERVAL: &str = "leader-election/renew-interval";
     /// Port of the elector's HTTP API inside the pod.
     pub const PORT: &str = "leader-election/port";
     /// `"true"`: the webhook's controller keeps [`super::labels::ROLE`] on the pods electing on
@@ -79,6 +81,7 @@ pub mod env {
     pub const LEASE_DURATION: &str = "ELECTOR_LEASE_DURATION";
     pub const RENEW_DEADLINE: &str = "ELECTOR_RENEW_DEADLINE";
     pub const RETRY_PERIOD: &str = "ELECTOR_RETRY_PERIOD";
+    pub const RENEW_INTERVAL: &str = "ELECTOR_RENEW_INTERVAL";
     pub const RELEASE_ON_CANCEL: &str = "ELECTOR_RELEASE_ON_CANCEL";
     /// No longer read: the elector does not label pods (the webhook's controller does).
     pub const LEADER_LABEL: &str = "ELECTOR_LEADER_LABEL";
@@ -103,6 +106,7 @@ pub mod flags {
     pub const LEASE_DURATION: &str = "lease-duration";
     pub const RENEW_DEADLINE: &str = "renew-deadline";
     pub const RETRY_PERIOD: &str = "retry-period";
+    pub const RENEW_INTERVAL: &str = "renew-interval";
     pub const RELEASE_ON_CANCEL: &str = "release-on-cancel";
     /// No longer accepted by the elector (the webhook's controller labels pods).
     pub const LEADER_LABEL: &str = "leader-label";
@@ -282,9 +286,82 @@ impl Timings {
     }
 }
 
+/// The leader's renew interval, apart from the retry period (which paces retries after a
+/// failure and candidates' attempts).
+impl Timings {
+    /// A third of the lease duration, but never so long that a failed renew cannot be retried
+    /// once, a retry period later, before the renew deadline (5 s with the defaults: 12 writes a
+    /// minute instead of 30).
+    pub fn default_renew_interval(&self) -> Duration {
+        (self.lease_duration / 3).min(self.renew_deadline.saturating_sub(self.retry_period))
+    }
+
+    /// A renew interval keeps the claim only if a renew that fails can be retried a retry period
+    /// later, before the renew deadline; `names` are (renew interval, renew deadline, retry
+    /// period) as the user spelled them.
+    pub fn validate_renew_interval(
+        &self,
+        interval: Duration,
+        names: (&str, &str, &str),
+    ) -> Result<(), TimingsError> {
+        let (name, renew, retry) = names;
+        if interval.is_zero() {
+            return Err(TimingsError(format!(
+                "{name} must be greater than zero: set {name} to e.g. {} or leave it unset",
+                format_duration(self.default_renew_interval())
+            )));
+        }
+        if interval.saturating_add(self.retry_period) > self.renew_deadline {
+            return Err(TimingsError(format!(
+                "{name} ({interval:?}) plus {retry} ({:?}) must not exceed {renew} ({:?}), or a \
+                 failed renew could not be retried before the leader must step down: lower \
+                 {name} (at most {}) or raise {renew}",
+                self.retry_period,
+                self.renew_deadline,
+                format_duration(self.renew_deadline.saturating_sub(self.retry_period))
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renew_interval_defaults_and_bounds() {
+        let t = Timings::default();
+        assert_eq!(t.default_renew_interval(), Duration::from_secs(5));
+        let names = ("--renew-interval", "--renew-deadline", "--retry-period");
+        t.validate_renew_interval(Duration::from_secs(8), names)
+            .unwrap();
+        let e = t
+            .validate_renew_interval(Duration::from_secs(9), names)
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("--renew-interval") && e.contains("at most 8s"),
+            "{e}"
+        );
+        assert!(
+            t.validate_renew_interval(Duration::ZERO, names)
+                .unwrap_err()
+                .0
+                .contains("greater than zero")
+        );
+        // A tight renew deadline caps the default so that it stays valid.
+        let tight = Timings {
+            renew_deadline: Duration::from_secs(6),
+            ..Timings::default()
+        };
+        assert_eq!(tight.default_renew_interval(), Duration::from_secs(4));
+        for ttl in [1, 3, 15, 60] {
+            let t = Timings::from_ttl(Duration::from_secs(ttl));
+            t.validate_renew_interval(t.default_renew_interval(), names)
+                .unwrap();
+        }
+    }
 
     const NAMES: (&str, &str, &str) = ("--lease-duration", "--renew-deadline", "--retry-period");
 

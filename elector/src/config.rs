@@ -61,10 +61,18 @@ pub struct Args {
           value_parser = parse_duration)]
     pub renew_deadline: Option<Duration>,
 
-    /// How often the leader renews, and the base of retry backoff [default: 2s].
+    /// How long candidates wait between tries, and how soon the leader retries a failed renew
+    /// [default: 2s].
     #[arg(long = flags::RETRY_PERIOD, env = env::RETRY_PERIOD, value_name = "DURATION",
           value_parser = parse_duration)]
     pub retry_period: Option<Duration>,
+
+    /// How often the leader renews while renewals succeed (after a failure it retries every
+    /// retry period) [default: a third of the lease duration, at most renew deadline − retry
+    /// period].
+    #[arg(long = flags::RENEW_INTERVAL, env = env::RENEW_INTERVAL, value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub renew_interval: Option<Duration>,
 
     /// Release the lease on SIGTERM/SIGINT so a standby takes over at once.
     #[arg(long = flags::RELEASE_ON_CANCEL, env = env::RELEASE_ON_CANCEL, value_name = "BOOL",
@@ -86,6 +94,8 @@ pub struct Config {
     pub id: String,
     pub http: SocketAddr,
     pub timings: Timings,
+    /// How often the leader renews while renewals succeed.
+    pub renew_interval: Duration,
     pub release_on_cancel: bool,
     pub log_format: LogFormat,
 }
@@ -182,6 +192,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         flags::LEASE_DURATION,
         flags::RENEW_DEADLINE,
         flags::RETRY_PERIOD,
+        flags::RENEW_INTERVAL,
         flags::RELEASE_ON_CANCEL,
         flags::LOG_FORMAT,
     ];
@@ -252,6 +263,22 @@ impl Config {
         timings
             .validate((&lease_name, &renew_name, &retry_name))
             .map_err(|e| Error::Config(e.0))?;
+        let renew_interval = match args.renew_interval {
+            Some(interval) => {
+                timings
+                    .validate_renew_interval(
+                        interval,
+                        (
+                            &format!("--{}", flags::RENEW_INTERVAL),
+                            &renew_name,
+                            &retry_name,
+                        ),
+                    )
+                    .map_err(|e| Error::Config(e.0))?;
+                interval
+            }
+            None => timings.default_renew_interval(),
+        };
 
         Ok(Config {
             election: args.election,
@@ -259,6 +286,7 @@ impl Config {
             id,
             http: args.http,
             timings,
+            renew_interval,
             release_on_cancel: args.release_on_cancel,
             log_format: args.log_format,
         })
@@ -297,6 +325,7 @@ mod tests {
         assert_eq!(c.id, "host-1");
         assert_eq!(c.http, "0.0.0.0:4040".parse().unwrap());
         assert_eq!(c.timings, Timings::default());
+        assert_eq!(c.renew_interval, Duration::from_secs(5));
         assert!(c.release_on_cancel);
         assert_eq!(c.log_format, LogFormat::Plain);
     }
@@ -332,6 +361,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.timings.retry_period, Duration::from_secs(1));
         assert_eq!(c.timings.renew_deadline, Duration::from_secs(20));
+        assert_eq!(c.renew_interval, Duration::from_secs(10));
+        let c = resolve(&["--election=x", "-renew-interval=3s"], &ambient()).unwrap();
+        assert_eq!(c.renew_interval, Duration::from_secs(3));
     }
 
     #[test]
@@ -345,6 +377,18 @@ mod tests {
                 "--renew-deadline (derived from --ttl)",
             ),
             (&["--lease-duration=ten"], "--lease-duration"),
+            (
+                &["--renew-interval=9s"],
+                "--renew-interval (9s) plus --retry-period",
+            ),
+            (
+                &["--renew-interval=0s"],
+                "--renew-interval must be greater than zero",
+            ),
+            (
+                &["--ttl=30s", "--renew-interval=19s"],
+                "--renew-deadline (derived from --ttl)",
+            ),
         ];
         for (extra, want) in cases {
             let mut args = vec!["--election=x"];

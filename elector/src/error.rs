@@ -58,6 +58,8 @@ pub enum StoreError {
     #[error("API server error on {verb} {LEASES}: {code} {reason}: {message}")]
     Api {
         verb: &'static str,
+        /// The server's Retry-After (a 429 or 503 Status's `details.retryAfterSeconds`).
+        retry_after: Option<Duration>,
         code: u16,
         reason: String,
         message: String,
@@ -77,6 +79,10 @@ impl StoreError {
             StoreError::Forbidden { .. }
             | StoreError::Unauthorized { .. }
             | StoreError::NamespaceNotFound { .. } => Failure::Permanent,
+            StoreError::Api {
+                retry_after: Some(after),
+                ..
+            } => Failure::Throttled(*after),
             StoreError::Api { code, .. } if (400..500).contains(code) && *code != 429 => {
                 Failure::Permanent
             }
@@ -143,8 +149,15 @@ impl StoreError {
                 } else if code == 410 || status.reason == "Expired" || status.reason == "Gone" {
                     StoreError::Gone
                 } else {
+                    let retry_after = status
+                        .details
+                        .as_ref()
+                        .map(|d| d.retry_after_seconds)
+                        .filter(|&s| s > 0 && (code == 429 || code == 503))
+                        .map(|s| Duration::from_secs(u64::from(s)));
                     StoreError::Api {
                         verb,
+                        retry_after,
                         code,
                         reason: status.reason.clone(),
                         message,
@@ -317,6 +330,35 @@ mod tests {
             assert_eq!(e.kind(), want_kind, "{code} {reason}");
             assert_eq!(e.failure(), want_failure, "{code} {reason}");
         }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_on_429_and_503_only() {
+        let with_retry_after = |code: u16, reason: &str| {
+            let st = Status::failure("slow down", reason)
+                .with_code(code)
+                .with_details(kube::core::response::StatusDetails {
+                    name: String::new(),
+                    group: String::new(),
+                    kind: String::new(),
+                    uid: String::new(),
+                    causes: vec![],
+                    retry_after_seconds: 3,
+                });
+            StoreError::from_kube(kube::Error::Api(st.boxed()), "update", "ns", "https://k")
+        };
+        assert_eq!(
+            with_retry_after(429, "TooManyRequests").failure(),
+            Failure::Throttled(Duration::from_secs(3))
+        );
+        assert_eq!(
+            with_retry_after(503, "ServiceUnavailable").failure(),
+            Failure::Throttled(Duration::from_secs(3))
+        );
+        assert_eq!(
+            with_retry_after(500, "InternalError").failure(),
+            Failure::Transient
+        );
     }
 
     #[test]

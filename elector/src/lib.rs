@@ -176,6 +176,7 @@ async fn run(config: Config) -> Result<(), Error> {
         lease_duration = ?config.timings.lease_duration,
         renew_deadline = ?config.timings.renew_deadline,
         retry_period = ?config.timings.retry_period,
+        renew_interval = ?config.renew_interval,
         "elector starting"
     );
 
@@ -195,7 +196,8 @@ async fn run(config: Config) -> Result<(), Error> {
         request_timeout(config.timings),
     );
     let seed = clock::mono().0.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32);
-    let candidate = Candidate::new(config.id.clone(), config.timings, seed);
+    let candidate = Candidate::new(config.id.clone(), config.timings, seed)
+        .with_renew_interval(config.renew_interval);
     let runner = runner::Runner::new(candidate, store, shared, config.release_on_cancel);
     // Returns after the release.
     runner.run(signals).await;

@@ -59,6 +59,13 @@ async fn next_signal(signals: &mut mpsc::UnboundedReceiver<()>) {
     }
 }
 
+/// Which stream of API calls an error belongs to, for log de-duplication.
+#[derive(Clone, Copy)]
+enum Channel {
+    Request,
+    Watch,
+}
+
 pub struct Runner<S: LeaseStore> {
     candidate: Candidate,
     store: S,
@@ -66,7 +73,10 @@ pub struct Runner<S: LeaseStore> {
     release_on_cancel: bool,
     role: Option<watch::Sender<bool>>,
     last_leader: Option<String>,
+    /// Last request error and last watch error logged, kept apart so that a watch that keeps
+    /// failing (e.g. `watch` forbidden) while requests succeed logs once, not once per cycle.
     last_error: Option<String>,
+    last_watch_error: Option<String>,
     out: Box<dyn Write>,
 }
 
@@ -85,6 +95,7 @@ impl<S: LeaseStore> Runner<S> {
             role: None,
             last_leader: None,
             last_error: None,
+            last_watch_error: None,
             out: Box::new(std::io::stdout()),
         }
     }
@@ -151,11 +162,11 @@ impl<S: LeaseStore> Runner<S> {
                     let now = clock::now();
                     match reply {
                         Reply::Read(r) => {
-                            let r = self.check(r);
+                            let r = self.check(r, Channel::Request);
                             self.candidate.on_read(now, r);
                         }
                         Reply::Write(r) => {
-                            let r = self.check(r);
+                            let r = self.check(r, Channel::Request);
                             self.candidate.on_write(now, r);
                         }
                     }
@@ -163,10 +174,13 @@ impl<S: LeaseStore> Runner<S> {
                 item = next_item(&mut watch) => {
                     let now = clock::now();
                     match item {
-                        Some(Ok(item)) => self.candidate.on_watch(now, item),
+                        Some(Ok(item)) => {
+                            let _ = self.check(Ok(()), Channel::Watch);
+                            self.candidate.on_watch(now, item)
+                        }
                         Some(Err(e)) => {
                             watch = None;
-                            let failure = self.check::<()>(Err(e)).err();
+                            let failure = self.check::<()>(Err(e), Channel::Watch).err();
                             self.candidate.on_watch_end(now, failure);
                         }
                         None => {
@@ -209,11 +223,20 @@ impl<S: LeaseStore> Runner<S> {
 
     /// Logs and counts a store error (once at error level per distinct message) and maps it to
     /// the election's view of it.
-    fn check<T>(&mut self, r: Result<T, StoreError>) -> Result<T, Failure> {
+    fn check<T>(&mut self, r: Result<T, StoreError>, channel: Channel) -> Result<T, Failure> {
+        let last_error = match channel {
+            Channel::Request => &mut self.last_error,
+            Channel::Watch => &mut self.last_watch_error,
+        };
         match r {
             Ok(v) => {
-                if let Some(prev) = self.last_error.take() {
-                    info!(previous_error = %prev, "API requests succeed again");
+                if let Some(prev) = last_error.take() {
+                    match channel {
+                        Channel::Request => {
+                            info!(previous_error = %prev, "API requests succeed again")
+                        }
+                        Channel::Watch => info!(previous_error = %prev, "the watch works again"),
+                    }
                 }
                 Ok(v)
             }
@@ -223,13 +246,13 @@ impl<S: LeaseStore> Runner<S> {
                 let line = e.to_string();
                 if e.is_expected() {
                     debug!("{line}");
-                } else if self.last_error.as_deref() != Some(line.as_str()) {
+                } else if last_error.as_deref() != Some(line.as_str()) {
                     match failure {
                         Failure::Permanent => error!("{line}"),
                         _ if matches!(e, StoreError::Unreachable { .. }) => error!("{line}"),
                         _ => warn!("{line}"),
                     }
-                    self.last_error = Some(line);
+                    *last_error = Some(line);
                 } else {
                     debug!("{line}");
                 }
@@ -244,6 +267,11 @@ impl<S: LeaseStore> Runner<S> {
                 Notice::Acquired { transitions } => {
                     info!(leader_transitions = transitions, "acquired the lease")
                 }
+                Notice::Holding { before_claiming } => info!(
+                    ?before_claiming,
+                    "created the lease; holding it for a lease duration before claiming \
+                     leadership (a leader of a deleted Lease may still be claiming)"
+                ),
                 Notice::Renewed { latency } => {
                     self.shared.metrics.renewed(latency);
                     debug!(?latency, "renewed the lease");

@@ -1,6 +1,7 @@
 //! Where the Lease lives: the API server ([`KubeStore`]) or memory ([`MemoryStore`], with the
 //! API server's optimistic-concurrency rules, for tests and the simulation).
 
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -158,6 +159,8 @@ struct MemoryInner {
     subscribers: Vec<Subscriber>,
     /// Errors returned by the next requests, in order (fault injection for tests).
     faults: VecDeque<StoreError>,
+    /// Every watch fails at once with this error (e.g. `watch` forbidden).
+    watch_fault: Option<StoreError>,
     requests: u64,
 }
 
@@ -194,6 +197,11 @@ impl MemoryStore {
         self.lock().faults.push_back(err);
     }
 
+    /// Makes every watch fail at once with `err` (or work again with `None`).
+    pub fn fail_watches(&self, err: Option<StoreError>) {
+        self.lock().watch_fault = err;
+    }
+
     /// Ends every open watch (as the API server does every few minutes).
     pub fn close_watches(&self) {
         self.lock().subscribers.clear();
@@ -222,6 +230,7 @@ impl MemoryStore {
                     acquire_time: None,
                     renew_time: None,
                     transitions: 0,
+                    released: false,
                 },
                 resource_version: String::new(),
             }),
@@ -255,7 +264,7 @@ fn memory_error(failure: Failure, verb: &'static str) -> StoreError {
         Failure::AlreadyExists => StoreError::AlreadyExists,
         Failure::NotFound => StoreError::NotFound { verb },
         Failure::Gone => StoreError::Gone,
-        Failure::Transient | Failure::Permanent => StoreError::Other {
+        Failure::Transient | Failure::Throttled(_) | Failure::Permanent => StoreError::Other {
             verb,
             message: format!("{failure:?}"),
         },
@@ -300,6 +309,15 @@ impl LeaseStore for MemoryStore {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         {
             let mut inner = self.lock();
+            if let Some(err) = inner.watch_fault.clone() {
+                let _ = tx.send(Err(err));
+                drop(tx);
+                return futures::stream::unfold(rx, |mut rx| async move {
+                    let item = rx.recv().await?;
+                    Some((item, rx))
+                })
+                .boxed_local();
+            }
             match inner.table.since(&resource_version) {
                 Ok(items) => {
                     for item in items {
@@ -331,9 +349,18 @@ pub struct KubeStore {
     namespace: String,
     url: String,
     timeout: Duration,
-    /// Last full object seen, so a replace keeps labels, annotations and fields we do not manage.
-    last: Arc<Mutex<Option<Lease>>>,
+    /// The last few objects seen, by resourceVersion: a replace starts from the exact object it
+    /// is guarded on, so labels, annotations and ownerReferences written by others survive, and
+    /// a lagging watch item cannot stand in for a newer object.
+    seen: Arc<Mutex<VecDeque<Lease>>>,
 }
+
+/// Objects kept in [`KubeStore::seen`].
+const SEEN_OBJECTS: usize = 8;
+
+/// Annotation on the Lease marking a free record as a graceful release by its holder (see
+/// [`LeaseRecord::released`]); every claim removes it.
+pub const RELEASED_ANNOTATION: &str = "leader-election/released";
 
 /// Server-side watch timeout; the API server closes the watch after it and we re-watch.
 const WATCH_TIMEOUT_SECS: u32 = 290;
@@ -355,8 +382,54 @@ impl KubeStore {
             namespace: namespace.to_owned(),
             url,
             timeout,
-            last: Arc::new(Mutex::new(None)),
+            seen: Arc::new(Mutex::new(VecDeque::new())),
         }
+    }
+
+    fn remember(&self, lease: &Lease) {
+        let Some(rv) = lease.metadata.resource_version.as_deref() else {
+            return;
+        };
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen
+            .iter()
+            .any(|l| l.metadata.resource_version.as_deref() == Some(rv))
+        {
+            return;
+        }
+        if seen.len() >= SEEN_OBJECTS {
+            seen.pop_front();
+        }
+        seen.push_back(lease.clone());
+    }
+
+    fn seen_at(&self, resource_version: &str) -> Option<Lease> {
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.iter()
+            .find(|l| l.metadata.resource_version.as_deref() == Some(resource_version))
+            .cloned()
+    }
+
+    /// The object at `resource_version`, from memory or else read; Conflict when the Lease has
+    /// moved on (as the update would be answered), NotFound when it is gone.
+    async fn object_at(&self, resource_version: &str) -> Result<Lease, StoreError> {
+        if let Some(l) = self.seen_at(resource_version) {
+            return Ok(l);
+        }
+        let current = self.bounded("get", self.api.get(&self.name)).await?;
+        self.remember(&current);
+        if !resource_version.is_empty()
+            && current.metadata.resource_version.as_deref() != Some(resource_version)
+        {
+            return Err(StoreError::Conflict { verb: "update" });
+        }
+        Ok(current)
     }
 
     fn field_selector(&self) -> String {
@@ -365,14 +438,6 @@ impl KubeStore {
 
     fn err(&self, e: kube::Error, verb: &'static str) -> StoreError {
         StoreError::from_kube(e, verb, &self.namespace, &self.url)
-    }
-
-    fn remember(&self, lease: &Lease) {
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *last = Some(lease.clone());
     }
 
     async fn bounded<T>(
@@ -390,34 +455,56 @@ impl KubeStore {
         }
     }
 
-    fn object(&self, record: &LeaseRecord, resource_version: Option<String>) -> Lease {
-        let base = {
-            let last = self
-                .last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            last.clone()
-                .filter(|l| l.metadata.resource_version == resource_version)
-        };
-        let mut lease = base.unwrap_or_else(|| Lease {
+    /// A new Lease carrying `record`.
+    fn object(&self, record: &LeaseRecord) -> Lease {
+        let annotations = record
+            .released
+            .then(|| BTreeMap::from([(RELEASED_ANNOTATION.to_owned(), "true".to_owned())]));
+        Lease {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 namespace: Some(self.namespace.clone()),
+                annotations,
                 ..ObjectMeta::default()
             },
-            spec: None,
-        });
-        lease.metadata.resource_version = resource_version;
-        lease.metadata.managed_fields = None;
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        // client-go writes "" (not null) when releasing; readers treat both as free.
-        spec.holder_identity = Some(record.holder.clone().unwrap_or_default());
-        spec.lease_duration_seconds = Some(record.lease_duration_seconds);
-        spec.acquire_time = record.acquire_time.map(MicroTime);
-        spec.renew_time = record.renew_time.map(MicroTime);
-        spec.lease_transitions = Some(record.transitions);
-        lease
+            spec: Some(LeaseSpec {
+                // client-go writes "" (not null) when releasing; readers treat both as free.
+                holder_identity: Some(record.holder.clone().unwrap_or_default()),
+                lease_duration_seconds: Some(record.lease_duration_seconds),
+                acquire_time: record.acquire_time.map(MicroTime),
+                renew_time: record.renew_time.map(MicroTime),
+                lease_transitions: Some(record.transitions),
+                ..LeaseSpec::default()
+            }),
+        }
     }
+}
+
+/// `base` with the election fields (and the release mark) of `record`, guarded by
+/// `resource_version` (empty: unconditional). Everything else — labels, other annotations,
+/// ownerReferences, spec fields we do not manage — is kept as `base` has it.
+pub fn updated_object(base: &Lease, record: &LeaseRecord, resource_version: &str) -> Lease {
+    let mut lease = base.clone();
+    lease.metadata.resource_version =
+        (!resource_version.is_empty()).then(|| resource_version.to_owned());
+    lease.metadata.managed_fields = None;
+    if record.released {
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(RELEASED_ANNOTATION.to_owned(), "true".to_owned());
+    } else if let Some(a) = lease.metadata.annotations.as_mut() {
+        a.remove(RELEASED_ANNOTATION);
+    }
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    // client-go writes "" (not null) when releasing; readers treat both as free.
+    spec.holder_identity = Some(record.holder.clone().unwrap_or_default());
+    spec.lease_duration_seconds = Some(record.lease_duration_seconds);
+    spec.acquire_time = record.acquire_time.map(MicroTime);
+    spec.renew_time = record.renew_time.map(MicroTime);
+    spec.lease_transitions = Some(record.transitions);
+    lease
 }
 
 /// The election fields of a Lease object.
@@ -430,6 +517,11 @@ pub fn to_stored(lease: &Lease) -> StoredLease {
             acquire_time: spec.acquire_time.map(|t| t.0),
             renew_time: spec.renew_time.map(|t| t.0),
             transitions: spec.lease_transitions.unwrap_or(0),
+            released: lease
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.get(RELEASED_ANNOTATION).is_some_and(|v| v == "true")),
         }
         .normalized(),
         resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
@@ -456,7 +548,7 @@ impl LeaseStore for KubeStore {
     }
 
     async fn create(&self, record: LeaseRecord) -> Result<StoredLease, StoreError> {
-        let obj = self.object(&record, None);
+        let obj = self.object(&record);
         let created = self
             .bounded("create", self.api.create(&PostParams::default(), &obj))
             .await?;
@@ -469,7 +561,8 @@ impl LeaseStore for KubeStore {
         record: LeaseRecord,
         resource_version: String,
     ) -> Result<StoredLease, StoreError> {
-        let obj = self.object(&record, Some(resource_version));
+        let base = self.object_at(&resource_version).await?;
+        let obj = updated_object(&base, &record, &resource_version);
         let replaced = self
             .bounded(
                 "update",
@@ -489,11 +582,16 @@ impl LeaseStore for KubeStore {
             .fields(&self.field_selector())
             .timeout(WATCH_TIMEOUT_SECS);
         let start = async move {
-            let stream = store
-                .api
-                .watch(&wp, &resource_version)
-                .await
-                .map_err(|e| store.err(e, "watch"))?;
+            // A half-open connection would otherwise hang the watch start for good.
+            let started =
+                tokio::time::timeout(store.timeout, store.api.watch(&wp, &resource_version))
+                    .await
+                    .map_err(|_| StoreError::Timeout {
+                        verb: "watch",
+                        url: store.url.clone(),
+                        timeout: store.timeout,
+                    })?;
+            let stream = started.map_err(|e| store.err(e, "watch"))?;
             Ok::<_, StoreError>((store, stream.boxed()))
         };
         futures::stream::once(start)
@@ -561,6 +659,7 @@ mod tests {
             acquire_time: None,
             renew_time: None,
             transitions,
+            released: false,
         }
     }
 
@@ -654,6 +753,32 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_watch_start_that_hangs_times_out() {
+        // Accepts connections and never answers: a half-open API server connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let timeout = Duration::from_millis(300);
+        let store = KubeStore::new(client, url, "ns", "x", timeout);
+        let mut watch = store.watch("1".into());
+        let first = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("the watch start hung past its timeout");
+        assert!(
+            matches!(first, Some(Err(StoreError::Timeout { verb: "watch", .. }))),
+            "{first:?}"
+        );
+        held.abort();
+    }
+
     #[test]
     fn kube_object_round_trip_keeps_election_fields() {
         let ts = jiff::Timestamp::from_second(1_700_000_000).unwrap();
@@ -663,6 +788,7 @@ mod tests {
             acquire_time: Some(ts),
             renew_time: Some(ts),
             transitions: 3,
+            released: false,
         };
         let lease = Lease {
             metadata: ObjectMeta {
@@ -686,5 +812,66 @@ mod tests {
             s.holder_identity = Some(String::new());
         }
         assert_eq!(to_stored(&empty).record.holder, None);
+        empty.metadata.annotations = Some(BTreeMap::from([(
+            RELEASED_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]));
+        assert!(to_stored(&empty).record.released);
+    }
+
+    #[test]
+    fn updates_keep_metadata_and_set_only_election_fields() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let ts = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let base = Lease {
+            metadata: ObjectMeta {
+                name: Some("l".into()),
+                resource_version: Some("41".into()),
+                labels: Some(BTreeMap::from([("team".into(), "a".into())])),
+                annotations: Some(BTreeMap::from([
+                    ("gitops/sync".into(), "yes".into()),
+                    (RELEASED_ANNOTATION.into(), "true".into()),
+                ])),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    name: "app".into(),
+                    uid: "u-1".into(),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(String::new()),
+                ..LeaseSpec::default()
+            }),
+        };
+        let record = LeaseRecord {
+            holder: Some("pod-a".into()),
+            lease_duration_seconds: 15,
+            acquire_time: Some(ts),
+            renew_time: None,
+            transitions: 4,
+            released: false,
+        };
+        let l = updated_object(&base, &record, "41");
+        assert_eq!(l.metadata.resource_version.as_deref(), Some("41"));
+        assert_eq!(l.metadata.labels, base.metadata.labels);
+        assert_eq!(l.metadata.owner_references, base.metadata.owner_references);
+        let ann = l.metadata.annotations.clone().unwrap();
+        assert_eq!(ann.get("gitops/sync").map(String::as_str), Some("yes"));
+        assert!(
+            !ann.contains_key(RELEASED_ANNOTATION),
+            "a claim clears the mark"
+        );
+        assert_eq!(to_stored(&l).record, record);
+        let release = LeaseRecord {
+            holder: None,
+            released: true,
+            ..record
+        };
+        let l = updated_object(&l, &release, "");
+        assert_eq!(l.metadata.resource_version, None);
+        assert_eq!(to_stored(&l).record, release);
     }
 }

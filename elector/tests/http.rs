@@ -45,6 +45,7 @@ impl Fixture {
             resource_version: Some("77".into()),
             claim_until: Some(now + Duration::from_secs(10)),
             last_renew_wall: Some(jiff::Timestamp::from_second(1_700_000_001).unwrap()),
+            holder_is_mine: true,
             ready: true,
             ..View::new("pod-a")
         }

@@ -1,94 +1,20 @@
 //! Unit tests of the election state machine, driven with a virtual clock against the in-memory
 //! table that applies the API server's resourceVersion rules.
 
+mod common;
+
 use std::time::Duration;
 
+use common::*;
 use contract::Timings;
-use elector::election::{
-    Action, Candidate, Failure, LeaseRecord, Mono, Notice, Now, StepDown, StoredLease, WatchItem,
-};
+use elector::election::{Action, Candidate, Failure, LeaseRecord, Notice, StepDown, WatchItem};
 use elector::store::LeaseTable;
-use jiff::Timestamp;
-
-const LD: Duration = Duration::from_secs(15);
-const RD: Duration = Duration::from_secs(10);
-const RP: Duration = Duration::from_secs(2);
-
-fn timings() -> Timings {
-    Timings::default()
-}
-
-fn secs(s: f64) -> Mono {
-    Mono::from_secs_f64(s)
-}
-
-/// Wall clock = a fixed epoch + monotonic reading + `skew_s`.
-fn at(s: f64, skew_s: i64) -> Now {
-    let wall = Timestamp::from_second(1_700_000_000 + skew_s)
-        .unwrap()
-        .checked_add(jiff::SignedDuration::from_secs_f64(s))
-        .unwrap();
-    Now {
-        mono: secs(s),
-        wall,
-    }
-}
-
-fn record(holder: Option<&str>, renew: Timestamp, transitions: i32) -> LeaseRecord {
-    LeaseRecord {
-        holder: holder.map(str::to_owned),
-        lease_duration_seconds: 15,
-        acquire_time: Some(renew),
-        renew_time: Some(renew),
-        transitions,
-    }
-}
-
-/// Executes actions against `table` with zero latency until the candidate sleeps or is done.
-/// Watch actions are acknowledged but not delivered (tests feed watch items explicitly).
-fn settle(c: &mut Candidate, table: &mut LeaseTable, now: Now) -> Action {
-    for _ in 0..20 {
-        match c.poll(now) {
-            Action::Get => c.on_read(now, Ok(table.get())),
-            Action::Create(r) => {
-                let res = table.create(r).map(|(s, _)| s);
-                c.on_write(now, res)
-            }
-            Action::Replace {
-                record,
-                resource_version,
-            } => {
-                let res = table.replace(record, &resource_version).map(|(s, _)| s);
-                c.on_write(now, res)
-            }
-            Action::Watch { .. } => {}
-            other => return other,
-        }
-    }
-    panic!("candidate did not settle");
-}
-
-/// The next action other than starting the watch.
-fn next(c: &mut Candidate, now: Now) -> Action {
-    loop {
-        match c.poll(now) {
-            Action::Watch { .. } => {}
-            other => return other,
-        }
-    }
-}
-
-fn force(table: &mut LeaseTable, r: LeaseRecord) -> StoredLease {
-    match table.lease() {
-        None => table.create(r).unwrap().0,
-        Some(_) => table.replace(r, "").unwrap().0,
-    }
-}
 
 #[test]
 fn acquires_an_absent_lease_with_client_go_fields() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
+    acquire(&mut a, &mut t, 100.0);
     let now = at(100.0, 0);
     let act = settle(&mut a, &mut t, now);
     assert!(a.is_leader(now.mono));
@@ -97,13 +23,15 @@ fn acquires_an_absent_lease_with_client_go_fields() {
     assert_eq!(l.holder.as_deref(), Some("a"));
     assert_eq!(l.lease_duration_seconds, 15);
     assert_eq!(l.transitions, 0);
-    assert_eq!(l.acquire_time, Some(now.wall));
+    // Acquired by the create a lease duration earlier, renewed now.
+    assert_eq!(l.acquire_time, Some(at(85.0, 0).wall));
     assert_eq!(l.renew_time, Some(now.wall));
-    // Next wake-up: the renew, one retry period after the acquire started.
+    // Next wake-up: the renew, one renew interval (a third of the lease duration) after the
+    // acquire started.
     assert_eq!(
         act,
         Action::Sleep {
-            until: Some(secs(102.0))
+            until: Some(secs(105.0))
         }
     );
     assert!(
@@ -115,8 +43,26 @@ fn acquires_an_absent_lease_with_client_go_fields() {
 #[test]
 fn empty_or_missing_holder_is_free_and_counts_a_transition() {
     for holder in [None, Some("")] {
+        // Released by its holder (the release mark): taken at once.
         let mut t = LeaseTable::default();
         let wall = at(0.0, 0).wall;
+        force(
+            &mut t,
+            LeaseRecord {
+                holder: holder.map(str::to_owned),
+                released: true,
+                ..record(None, wall, 4)
+            },
+        );
+        let mut a = Candidate::new("a", timings(), 1);
+        let now = at(1.0, 0);
+        settle(&mut a, &mut t, now);
+        assert!(a.is_leader(now.mono), "holder {holder:?}");
+        assert_eq!(t.lease().unwrap().record.transitions, 5);
+
+        // Emptied by somebody else (a hand edit): it may have been held a moment ago, so it is
+        // waited out like a held record.
+        let mut t = LeaseTable::default();
         force(
             &mut t,
             LeaseRecord {
@@ -125,9 +71,14 @@ fn empty_or_missing_holder_is_free_and_counts_a_transition() {
             },
         );
         let mut a = Candidate::new("a", timings(), 1);
-        let now = at(1.0, 0);
-        settle(&mut a, &mut t, now);
-        assert!(a.is_leader(now.mono), "holder {holder:?}");
+        assert_eq!(
+            settle(&mut a, &mut t, now),
+            Action::Sleep {
+                until: Some(secs(16.0))
+            }
+        );
+        settle(&mut a, &mut t, at(16.0, 0));
+        assert!(a.is_leader(secs(16.0)), "holder {holder:?}");
         assert_eq!(t.lease().unwrap().record.transitions, 5);
     }
 }
@@ -239,43 +190,63 @@ fn already_exists_on_create_means_reread() {
     b.on_write(now, res);
     assert_eq!(b.poll(now), Action::Get);
     b.on_read(now, Ok(t.get()));
-    assert!(a.is_leader(now.mono));
     assert!(!b.is_leader(now.mono));
     assert_eq!(b.leader(now.mono).as_deref(), Some("a"));
+    // a holds the lease it created, and claims a lease duration after the create.
+    assert!(!a.is_leader(now.mono));
+    assert_eq!(a.view().claim_from, Some(secs(15.0)));
 }
 
 #[test]
 fn claim_counts_from_renew_start_not_completion() {
     let mut t = LeaseTable::default();
+    force(
+        &mut t,
+        LeaseRecord {
+            released: true,
+            ..record(None, at(-1.0, 0).wall, 0)
+        },
+    );
     let mut a = Candidate::new("a", timings(), 1);
-    // The acquire request starts at 0 and its response arrives 3 s later.
+    // The takeover request starts at 0 and its response arrives 3 s later.
     assert_eq!(a.poll(at(0.0, 0)), Action::Get);
     a.on_read(at(0.0, 0), Ok(t.get()));
-    let Action::Create(r) = next(&mut a, at(0.0, 0)) else {
+    let Action::Replace {
+        record: r,
+        resource_version,
+    } = next(&mut a, at(0.0, 0))
+    else {
         panic!()
     };
-    a.on_write(at(3.0, 0), t.create(r).map(|(s, _)| s));
+    a.on_write(at(3.0, 0), t.replace(r, &resource_version).map(|(s, _)| s));
     assert_eq!(a.claim_until(), Some(secs(0.0) + RD));
     assert!(a.is_leader(secs(9.999)));
     assert!(!a.is_leader(secs(10.0)));
-    // A renew started at 3 s and answered at 9 s extends the claim to 13 s, not 19 s.
+    // The renew is due one renew interval after the acquire started.
+    assert_eq!(
+        a.poll(at(3.0, 0)),
+        Action::Sleep {
+            until: Some(secs(5.0))
+        }
+    );
+    // A renew started at 5 s and answered at 9 s extends the claim to 15 s, not 19 s.
     let Action::Replace {
         record,
         resource_version,
-    } = a.poll(at(3.0, 0))
+    } = a.poll(at(5.0, 0))
     else {
         panic!()
     };
     let r = t.replace(record, &resource_version).map(|(s, _)| s);
     a.on_write(at(9.0, 0), r);
-    assert_eq!(a.claim_until(), Some(secs(3.0) + RD));
+    assert_eq!(a.claim_until(), Some(secs(5.0) + RD));
 }
 
 #[test]
 fn steps_down_at_the_renew_deadline_and_rejoins() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
-    settle(&mut a, &mut t, at(0.0, 0));
+    acquire(&mut a, &mut t, 0.0);
     a.take_notices();
     // Every renew from now on fails.
     let mut now = 2.0;
@@ -303,7 +274,7 @@ fn steps_down_at_the_renew_deadline_and_rejoins() {
 fn a_leader_frozen_past_its_deadline_never_answers_leader_after_thawing() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
-    settle(&mut a, &mut t, at(0.0, 0));
+    acquire(&mut a, &mut t, 0.0);
     let view = a.view();
     // Frozen from 1 s to 30 s: the very first question after thawing, before any poll.
     for thaw in [10.0, 10.5, 30.0] {
@@ -352,18 +323,20 @@ fn release_stops_claiming_before_sending_and_keeps_transitions() {
 fn release_retries_after_conflict_and_skips_when_not_holder() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
-    settle(&mut a, &mut t, at(0.0, 0));
-    // A renew committed but its response was lost: a's resourceVersion is stale.
-    let cur = t.lease().unwrap().record.clone();
-    force(
-        &mut t,
-        LeaseRecord {
-            renew_time: Some(at(1.0, 0).wall),
-            ..cur
-        },
-    );
+    acquire(&mut a, &mut t, 0.0);
+    // A renew committed but its response was lost: a's resourceVersion is stale, and a still
+    // recognises the record as its own write.
+    let Action::Replace {
+        record: renew,
+        resource_version,
+    } = a.poll(at(5.0, 0))
+    else {
+        panic!()
+    };
+    t.replace(renew, &resource_version).unwrap();
+    a.on_write(at(5.5, 0), Err(Failure::Transient));
     a.shutdown(true);
-    let now = at(2.0, 0);
+    let now = at(6.0, 0);
     assert_eq!(settle(&mut a, &mut t, now), Action::Done);
     assert_eq!(t.lease().unwrap().record.holder, None);
 
@@ -385,7 +358,7 @@ fn transitions_count_every_change_of_holder() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
     let mut b = Candidate::new("b", timings(), 2);
-    settle(&mut a, &mut t, at(0.0, 0)); // a creates: 0
+    acquire(&mut a, &mut t, 0.0); // a creates: 0
     settle(&mut b, &mut t, at(0.0, 0));
     for s in [2.0, 4.0] {
         settle(&mut a, &mut t, at(s, 0)); // renewals keep 0
@@ -410,7 +383,7 @@ fn watch_starts_after_the_first_read_and_delivers_release_at_once() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
     let mut b = Candidate::new("b", timings(), 2);
-    settle(&mut a, &mut t, at(0.0, 0));
+    acquire(&mut a, &mut t, 0.0);
     let now = at(0.5, 0);
     assert_eq!(b.poll(now), Action::Get);
     let snap = t.get();
@@ -444,11 +417,11 @@ fn watch_starts_after_the_first_read_and_delivers_release_at_once() {
 fn watch_items_older_than_what_is_known_are_ignored() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
-    settle(&mut a, &mut t, at(0.0, 0));
+    acquire(&mut a, &mut t, 0.0);
     let first = t.lease().unwrap().clone();
-    settle(&mut a, &mut t, at(2.0, 0));
-    a.on_watch(at(2.1, 0), WatchItem::Changed(first));
-    assert!(a.is_leader(secs(2.1)));
+    settle(&mut a, &mut t, at(5.0, 0));
+    a.on_watch(at(5.1, 0), WatchItem::Changed(first));
+    assert!(a.is_leader(secs(5.1)));
     assert_eq!(
         a.view().resource_version,
         t.lease().map(|l| l.resource_version.clone())
@@ -505,7 +478,7 @@ fn error_retries_carry_jitter_and_back_off() {
         let Action::Sleep { until: Some(u) } = b.poll(at(0.0, 0)) else {
             panic!()
         };
-        first_delays.push(u.0);
+        first_delays.push(u.saturating_sub(secs(0.0)));
         // Permanent errors (RBAC, namespace) back off from 1 s up to 30 s.
         let mut p = Candidate::new("p", timings(), seed);
         let mut now = 0.0;
@@ -537,22 +510,22 @@ fn error_retries_carry_jitter_and_back_off() {
 fn renew_failures_keep_the_claim_until_the_deadline_only() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
-    settle(&mut a, &mut t, at(0.0, 0));
-    let Action::Replace { .. } = a.poll(at(2.0, 0)) else {
+    acquire(&mut a, &mut t, 0.0);
+    let Action::Replace { .. } = a.poll(at(5.0, 0)) else {
         panic!()
     };
-    a.on_write(at(2.5, 0), Err(Failure::Transient));
+    a.on_write(at(5.5, 0), Err(Failure::Transient));
     assert!(a.is_leader(secs(9.9)));
     // A retry is scheduled well before the deadline, at most a retry period later.
-    let Action::Sleep { until: Some(u) } = a.poll(at(2.5, 0)) else {
+    let Action::Sleep { until: Some(u) } = a.poll(at(5.5, 0)) else {
         panic!()
     };
-    assert!(u <= secs(2.5) + RP, "{u:?}");
+    assert!(u <= secs(5.5) + RP, "{u:?}");
     // A conflict keeps the (still valid) claim and re-reads.
-    let Action::Replace { .. } = a.poll(at(u.0.as_secs_f64(), 0)) else {
+    let Action::Replace { .. } = a.poll(at(time_of(u), 0)) else {
         panic!()
     };
-    let now = at(u.0.as_secs_f64(), 0);
+    let now = at(time_of(u), 0);
     a.on_write(now, Err(Failure::Conflict));
     assert!(a.is_leader(now.mono));
     assert_eq!(a.poll(now), Action::Get);
@@ -562,14 +535,14 @@ fn renew_failures_keep_the_claim_until_the_deadline_only() {
 fn seeing_another_holder_drops_the_claim_immediately() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
-    settle(&mut a, &mut t, at(0.0, 0));
+    acquire(&mut a, &mut t, 0.0);
     let other = force(&mut t, record(Some("intruder"), at(1.0, 0).wall, 1));
     a.on_watch(at(1.0, 0), WatchItem::Changed(other));
     assert!(!a.is_leader(secs(1.0)));
     assert_eq!(a.leader(secs(1.0)).as_deref(), Some("intruder"));
     let mut t2 = LeaseTable::default();
     let mut d = Candidate::new("d", timings(), 1);
-    settle(&mut d, &mut t2, at(0.0, 0));
+    acquire(&mut d, &mut t2, 0.0);
     d.on_watch(
         at(1.0, 0),
         WatchItem::Deleted {
@@ -589,6 +562,7 @@ fn lease_duration_is_written_rounded_up_to_whole_seconds() {
     let mut table = LeaseTable::default();
     let mut a = Candidate::new("a", t, 1);
     settle(&mut a, &mut table, at(0.0, 0));
+    settle(&mut a, &mut table, at(1.5, 0));
     // Writing 1 s would let others take over before a's 1.2 s deadline.
     assert_eq!(table.lease().unwrap().record.lease_duration_seconds, 2);
 }

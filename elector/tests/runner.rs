@@ -104,13 +104,14 @@ async fn elects_one_hands_over_on_sigterm_and_followers_do_not_poll() {
             assert!(!leads(&b) && !leads(&c));
             assert!(*a.role.borrow() && !*b.role.borrow() && !*c.role.borrow());
 
-            // Over a few renew periods, requests come from the leader's renewals only.
+            // Over six renew intervals, requests come from the leader's renewals only, one per
+            // renew interval (not one per retry period).
             let before = store.requests();
-            tokio::time::sleep(TIMINGS.retry_period * 5).await;
+            tokio::time::sleep(TIMINGS.default_renew_interval() * 6).await;
             let during = store.requests() - before;
             assert!(
-                (4..=7).contains(&during),
-                "{during} requests in 5 retry periods"
+                (5..=7).contains(&during),
+                "{during} requests in 6 renew intervals"
             );
 
             // SIGTERM: a releases and exits; b or c takes over through the watch, fast.

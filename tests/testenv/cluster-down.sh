@@ -32,11 +32,12 @@ cgroup_pids() {
   done | sort -un
 }
 named_pids() {
+  # One grep over every command line (a fork per process would crawl on a loaded machine).
   local f pid
-  for f in /proc/[0-9]*/cmdline; do
+  for f in $(grep -laF -- "$STATE_DIR" /proc/[0-9]*/cmdline 2>/dev/null); do
     pid=${f#/proc/}; pid=${pid%/cmdline}
     case "$keep" in *" $pid "*) continue ;; esac
-    { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -qF -- "$STATE_DIR" && echo "$pid"
+    echo "$pid"
   done
 }
 # The unix sockets a process listens on (containerd shims bind theirs under /run/containerd/s).

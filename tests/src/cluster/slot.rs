@@ -16,6 +16,10 @@ use std::time::Duration;
 use super::config::{self, NodeFiles, Slot};
 use crate::error::{Context, Result, fail};
 
+/// How long a teardown may take on a loaded machine (it kills, unmounts and deletes; seconds
+/// when the machine is idle).
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Exit status `flock -n` reports when another process holds the slot.
 const SLOT_BUSY: i32 = 75;
 
@@ -145,7 +149,7 @@ impl ClaimedSlot {
     /// Tears the cluster down through the watchdog and waits until it has finished (bounded).
     pub fn release(&mut self) -> Result<()> {
         drop(self.pipe.take());
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let deadline = std::time::Instant::now() + TEARDOWN_TIMEOUT;
         loop {
             match self
                 .watchdog
@@ -163,7 +167,7 @@ impl ClaimedSlot {
                 None if std::time::Instant::now() > deadline => {
                     return Err(fail(
                         "tearing down the test cluster",
-                        "cluster-down.sh did not finish within 120 s",
+                        format!("cluster-down.sh did not finish within {TEARDOWN_TIMEOUT:?}"),
                     ));
                 }
                 None => std::thread::sleep(Duration::from_millis(100)),
