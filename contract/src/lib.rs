@@ -25,7 +25,8 @@ pub mod annotations {
     pub const RENEW_INTERVAL: &str = "leader-election/renew-interval";
     /// Port of the elector's HTTP API inside the pod.
     pub const PORT: &str = "leader-election/port";
-    /// `"true"` makes the elector keep [`super::labels::ROLE`] on its own pod.
+    /// `"true"`: the webhook's controller keeps [`super::labels::ROLE`] on the pods electing on
+    /// the Lease (the elector itself needs no pods permission).
     pub const LEADER_LABEL: &str = "leader-election/leader-label";
     /// `auto`, `always` or `never`: inject as a native sidecar (init container with
     /// `restartPolicy: Always`).
@@ -55,9 +56,9 @@ pub mod annotations {
     ];
 }
 
-/// Labels the elector may maintain.
+/// Labels kept on pods.
 pub mod labels {
-    /// `leader` or `follower` on the elector's own pod, when leader labelling is on.
+    /// `leader` or `follower`, written by the webhook's controller when leader labelling is on.
     pub const ROLE: &str = "leader-election/role";
     pub const ROLE_LEADER: &str = "leader";
     pub const ROLE_FOLLOWER: &str = "follower";
@@ -82,6 +83,7 @@ pub mod env {
     pub const RETRY_PERIOD: &str = "ELECTOR_RETRY_PERIOD";
     pub const RENEW_INTERVAL: &str = "ELECTOR_RENEW_INTERVAL";
     pub const RELEASE_ON_CANCEL: &str = "ELECTOR_RELEASE_ON_CANCEL";
+    /// No longer read: the elector does not label pods (the webhook's controller does).
     pub const LEADER_LABEL: &str = "ELECTOR_LEADER_LABEL";
     pub const LOG_FORMAT: &str = "ELECTOR_LOG_FORMAT";
 
@@ -106,6 +108,7 @@ pub mod flags {
     pub const RETRY_PERIOD: &str = "retry-period";
     pub const RENEW_INTERVAL: &str = "renew-interval";
     pub const RELEASE_ON_CANCEL: &str = "release-on-cancel";
+    /// No longer accepted by the elector (the webhook's controller labels pods).
     pub const LEADER_LABEL: &str = "leader-label";
     pub const LOG_FORMAT: &str = "log-format";
 }
@@ -131,17 +134,18 @@ pub mod http {
 
 /// Name of the injected container.
 pub const CONTAINER_NAME: &str = "leader-elector";
-/// ServiceAccount a pod on its namespace's `default` ServiceAccount is moved to.
+/// A ServiceAccount name for running the elector by hand (tests, the elector without the
+/// webhook). The webhook no longer moves pods to it: a pod keeps its own ServiceAccount.
 pub const SERVICE_ACCOUNT: &str = "leader-elector";
-/// ClusterRole shipped in `manifests/` that grants what the elector needs on leases.
+/// ClusterRole shipped in `manifests/` for running the elector without the webhook (leases of a
+/// namespace). Injected electors get a per-workload Role from the webhook's controller instead.
 pub const CLUSTER_ROLE: &str = "leader-election:elector";
-/// RoleBinding the webhook creates in each namespace that gets an injected pod.
+/// A RoleBinding name to [`CLUSTER_ROLE`] for running the elector by hand.
 pub const ROLE_BINDING: &str = "leader-election:elector";
-/// ClusterRole shipped in `manifests/` with pods get/patch, needed only for the leader-label
-/// option ([`annotations::LEADER_LABEL`]); kept apart so only namespaces using it grant it.
+/// No longer shipped nor bound: electors get no pods permission (the webhook's controller keeps
+/// the leader label). Kept so older tooling still compiles.
 pub const CLUSTER_ROLE_LEADER_LABEL: &str = "leader-election:elector-leader-label";
-/// RoleBinding to [`CLUSTER_ROLE_LEADER_LABEL`] the webhook creates in a namespace that gets a pod
-/// with leader labelling on (same subjects as [`ROLE_BINDING`]).
+/// No longer created (see [`CLUSTER_ROLE_LEADER_LABEL`]).
 pub const ROLE_BINDING_LEADER_LABEL: &str = "leader-election:elector-leader-label";
 
 /// Names of the webhook's own objects, shared by the webhook's defaults, `manifests/` and the tests.

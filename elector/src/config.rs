@@ -80,13 +80,6 @@ pub struct Args {
           action = ArgAction::Set)]
     pub release_on_cancel: bool,
 
-    /// Keep label leader-election/role=leader|follower on this pod ($POD_NAME in the election
-    /// namespace); needs pods get/patch.
-    #[arg(long = flags::LEADER_LABEL, env = env::LEADER_LABEL, value_name = "BOOL",
-          default_value_t = false, num_args = 0..=1, default_missing_value = "true",
-          action = ArgAction::Set)]
-    pub leader_label: bool,
-
     /// Format of the diagnostic logs on stderr.
     #[arg(long = flags::LOG_FORMAT, env = env::LOG_FORMAT, value_enum,
           default_value_t = LogFormat::Plain)]
@@ -104,8 +97,6 @@ pub struct Config {
     /// How often the leader renews while renewals succeed.
     pub renew_interval: Duration,
     pub release_on_cancel: bool,
-    /// Pod to label, when leader labelling is on.
-    pub leader_label_pod: Option<String>,
     pub log_format: LogFormat,
 }
 
@@ -203,7 +194,6 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         flags::RETRY_PERIOD,
         flags::RENEW_INTERVAL,
         flags::RELEASE_ON_CANCEL,
-        flags::LEADER_LABEL,
         flags::LOG_FORMAT,
     ];
     let mut out = Vec::new();
@@ -290,19 +280,6 @@ impl Config {
             None => timings.default_renew_interval(),
         };
 
-        let leader_label_pod = if args.leader_label {
-            Some(ambient.pod_name.clone().ok_or_else(|| {
-                Error::Config(format!(
-                    "--{} needs ${} (the pod to label; set it from the Downward API \
-                     metadata.name)",
-                    flags::LEADER_LABEL,
-                    env::POD_NAME
-                ))
-            })?)
-        } else {
-            None
-        };
-
         Ok(Config {
             election: args.election,
             namespace,
@@ -311,7 +288,6 @@ impl Config {
             timings,
             renew_interval,
             release_on_cancel: args.release_on_cancel,
-            leader_label_pod,
             log_format: args.log_format,
         })
     }
@@ -351,7 +327,6 @@ mod tests {
         assert_eq!(c.timings, Timings::default());
         assert_eq!(c.renew_interval, Duration::from_secs(5));
         assert!(c.release_on_cancel);
-        assert_eq!(c.leader_label_pod, None);
         assert_eq!(c.log_format, LogFormat::Plain);
     }
 
@@ -435,7 +410,8 @@ mod tests {
             (&["--election=x", "--http=nowhere"], "--http"),
             (&["--election=x", "--bogus"], "--bogus"),
             (&["--election=x", "--log-format=xml"], "--log-format"),
-            (&["--election=x", "--leader-label"], "POD_NAME"),
+            // Pod labelling moved to the webhook's controller: the elector has no such flag.
+            (&["--election=x", "--leader-label"], "--leader-label"),
         ];
         for (args, want) in cases {
             let err = resolve(args, &ambient()).unwrap_err();
@@ -462,9 +438,5 @@ mod tests {
             "0.0.0.0:4040".parse().unwrap()
         );
         assert_eq!(parse_listen("[::]:80").unwrap(), "[::]:80".parse().unwrap());
-        let mut amb = ambient();
-        amb.pod_name = Some("p".into());
-        let c = resolve(&["--election=x", "--leader-label"], &amb).unwrap();
-        assert_eq!(c.leader_label_pod.as_deref(), Some("p"));
     }
 }

@@ -10,7 +10,6 @@ pub mod config;
 pub mod election;
 pub mod error;
 pub mod http;
-pub mod label;
 pub mod runner;
 pub mod store;
 
@@ -18,7 +17,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::level_filters::LevelFilter;
 use tracing::{Level, error, info, warn};
 use tracing_subscriber::filter::Targets;
@@ -133,9 +132,6 @@ pub fn request_timeout(t: contract::Timings) -> Duration {
     (t.renew_deadline / 2).max(t.retry_period)
 }
 
-/// How long a shutting-down elector waits for its pod label to say `follower`.
-const LABEL_FLUSH: Duration = Duration::from_secs(2);
-
 /// SIGTERM and SIGINT, as a channel of "a signal arrived".
 fn signals() -> Result<mpsc::UnboundedReceiver<()>, Error> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -193,7 +189,7 @@ async fn run(config: Config) -> Result<(), Error> {
     });
 
     let store = KubeStore::new(
-        client.clone(),
+        client,
         url,
         &config.namespace,
         &config.election,
@@ -202,25 +198,9 @@ async fn run(config: Config) -> Result<(), Error> {
     let seed = clock::mono().0.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32);
     let candidate = Candidate::new(config.id.clone(), config.timings, seed)
         .with_renew_interval(config.renew_interval);
-    let mut runner = runner::Runner::new(candidate, store, shared, config.release_on_cancel);
-    let mut labeller = None;
-    if let Some(pod) = &config.leader_label_pod {
-        let (tx, rx) = watch::channel(false);
-        let pods = label::PodLabeler::new(client, &config.namespace, pod);
-        labeller = Some(tokio::spawn(label::keep_role_label(
-            pods,
-            rx,
-            label::Backoff::default(),
-        )));
-        runner = runner.with_role_channel(tx);
-    }
-    // Returns after the release; dropping the runner closes the role channel.
+    let runner = runner::Runner::new(candidate, store, shared, config.release_on_cancel);
+    // Returns after the release.
     runner.run(signals).await;
-    if let Some(task) = labeller
-        && tokio::time::timeout(LABEL_FLUSH, task).await.is_err()
-    {
-        info!("could not reset the pod's role label before exiting");
-    }
     Ok(())
 }
 

@@ -73,6 +73,46 @@ pub async fn get_tls(
     }
 }
 
+/// `POST https://addr/path` with a JSON `body`, trusting only `ca_pem` (e.g. an AdmissionReview
+/// sent straight to the webhook, as anyone reaching its port could).
+pub async fn post_tls(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<Response> {
+    let what = format!("POST https://{addr}{path} (as {server_name})");
+    let config = client_config(ca_pem).map_err(|e| io_err(what.clone(), e))?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| io_err(what.clone(), e))?;
+    let fut = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        let req = format!(
+            "POST {path} HTTP/1.0\r\nHost: {server_name}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await?;
+        tls.flush().await?;
+        let mut buf = Vec::new();
+        match tls.read_to_end(&mut buf).await {
+            Ok(_) => Ok(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(buf),
+            Err(e) => Err(e),
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(bytes)) => parse_response(&bytes).map_err(|e| io_err(what, e)),
+        Ok(Err(e)) => Err(io_err(what, e)),
+        Err(_) => Err(io_err(what, format!("no response within {timeout:?}"))),
+    }
+}
+
 fn client_config(ca_pem: &str) -> std::result::Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {

@@ -366,8 +366,7 @@ pub fn elector_container(pod: &serde_json::Value) -> Option<&serde_json::Value> 
 
 /// What is wrong with a pod the API server stored after the webhook injected it (empty = fine):
 /// the sidecar (regular container on a 1.20 server), its args and env, the app containers' env,
-/// the ServiceAccount, the status annotation, and a token mount for the pod's final
-/// ServiceAccount (`token_secret_owner` maps a Secret name to the ServiceAccount it belongs to).
+/// the status annotation, and a token mount for the pod's own ServiceAccount in the elector only (`token_secret_owner` maps a Secret name to the ServiceAccount it belongs to).
 pub fn injection_problems(
     pod: &serde_json::Value,
     lease: &str,
@@ -388,17 +387,12 @@ pub fn injection_problems(
             ann[contract::annotations::STATUS]
         ),
     );
+    // The pod keeps the ServiceAccount its owner chose (the webhook never changes it).
     let sa = pod["spec"]["serviceAccountName"]
         .as_str()
-        .unwrap_or_default()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
         .to_string();
-    check(
-        sa == contract::SERVICE_ACCOUNT,
-        format!(
-            "serviceAccountName is {sa:?}, not {}",
-            contract::SERVICE_ACCOUNT
-        ),
-    );
     let containers = pod["spec"]["containers"]
         .as_array()
         .cloned()
@@ -476,6 +470,24 @@ pub fn injection_problems(
                          (projected serviceAccountToken: {projected_token}, token Secret of: {secret_owner:?})"
                     ),
                 );
+                // The elector's own token stays in the elector's container.
+                let others: Vec<&str> = containers
+                    .iter()
+                    .chain(init.iter())
+                    .filter(|c| c["name"] != contract::CONTAINER_NAME)
+                    .filter(|c| {
+                        c["volumeMounts"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|m| m["name"] == vol_name)
+                    })
+                    .filter_map(|c| c["name"].as_str())
+                    .collect();
+                check(
+                    !projected_token || others.is_empty(),
+                    format!("containers {others:?} mount the elector's token volume {vol_name}"),
+                );
             }
         }
     }
@@ -543,7 +555,7 @@ mod tests {
         serde_json::json!({
             "metadata": {"annotations": {"leader-election/status": "injected"}},
             "spec": {
-                "serviceAccountName": "leader-elector",
+                "serviceAccountName": "my-app-sa",
                 "containers": [
                     {"name": "nginx", "env": [
                         {"name": "LEADER_ELECTION_URL", "value": "http://127.0.0.1:4040"},
@@ -581,9 +593,13 @@ mod tests {
         type Mutation = fn(&mut serde_json::Value);
         let cases: &[(&str, Mutation, &str)] = &[
             (
-                "wrong SA",
-                |p| p["spec"]["serviceAccountName"] = "default".into(),
-                "serviceAccountName",
+                "an app container mounts the elector's token",
+                |p| {
+                    p["spec"]["containers"][0]["volumeMounts"] = serde_json::json!([
+                        {"name": "leader-elector-api-access", "mountPath": "/x"}
+                    ])
+                },
+                "mount the elector's token volume",
             ),
             (
                 "no status",

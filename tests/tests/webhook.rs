@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use contract::{annotations, deploy};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, PostParams};
 use testenv::webhook::{
     Webhook, create_webhook_configuration, elector_container, generate_certs, injection_problems,
@@ -187,7 +188,7 @@ async fn wait_pods(
 }
 
 #[tokio::test]
-async fn the_example_yields_three_injected_pods_with_their_service_account_and_binding()
+async fn the_example_yields_three_injected_pods_on_their_own_service_account_with_a_lease_role()
 -> Result<()> {
     let env = env().await?;
     let cp = env.cp;
@@ -217,23 +218,55 @@ async fn the_example_yields_three_injected_pods_with_their_service_account_and_b
                 let image = elector_container(pod).and_then(|c| c["image"].as_str());
                 assert_eq!(image, Some(deploy::DEFAULT_ELECTOR_IMAGE));
             }
+            for pod in &pods {
+                assert_eq!(
+                    pod["spec"]["serviceAccountName"], "default",
+                    "the pod keeps its ServiceAccount"
+                );
+            }
+            // The controller: Lease created ahead, a Role on exactly that Lease bound to the
+            // pods' ServiceAccount; never the old shared ServiceAccount or ClusterRole binding.
             let admin = cp.admin_client().await?;
-            Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
-                .get(contract::SERVICE_ACCOUNT)
-                .await
-                .map_err(|e| fail("the elector ServiceAccount", e.to_string()))?;
-            let rb = Api::<RoleBinding>::namespaced(admin, &ns)
-                .get(contract::ROLE_BINDING)
-                .await
-                .map_err(|e| fail("the elector RoleBinding", e.to_string()))?;
-            assert_eq!(rb.role_ref.kind, "ClusterRole");
-            assert_eq!(rb.role_ref.name, contract::CLUSTER_ROLE);
+            let grant = "leader-election-deployment-my-app";
+            let (role, rb) = eventually(
+                "the controller's Role and RoleBinding",
+                POD_TIMEOUT,
+                || async {
+                    let role = Api::<Role>::namespaced(admin.clone(), &ns)
+                        .get_opt(grant)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or("no Role yet")?;
+                    let rb = Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+                        .get_opt(grant)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or("no RoleBinding yet")?;
+                    Ok((role, rb))
+                },
+            )
+            .await?;
+            let rules = role.rules.unwrap_or_default();
+            assert_eq!(rules.len(), 1, "{rules:?}");
+            assert_eq!(
+                rules[0].resource_names.as_deref(),
+                Some(&["my-app".to_string()][..])
+            );
+            assert_eq!(rules[0].verbs, ["get", "list", "watch", "update"]);
             let subjects = rb.subjects.unwrap_or_default();
             assert!(
-                subjects.iter().any(|s| s.kind == "ServiceAccount"
-                    && s.name == contract::SERVICE_ACCOUNT
-                    && s.namespace.as_deref() == Some(ns.as_str())),
+                subjects.len() == 1
+                    && subjects[0].name == "default"
+                    && subjects[0].namespace.as_deref() == Some(ns.as_str()),
                 "RoleBinding subjects {subjects:?}"
+            );
+            assert!(
+                exists::<Lease>(cp, &ns, "my-app").await?,
+                "Lease my-app created ahead"
+            );
+            assert!(
+                !exists::<ServiceAccount>(cp, &ns, contract::SERVICE_ACCOUNT).await?,
+                "no shared elector ServiceAccount"
             );
             Ok(())
         }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
@@ -12,7 +12,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::cluster::{Cluster, Ensurer, NativeSupport};
+use crate::cluster::{Cluster, NativeSupport};
 use crate::metrics::{Metrics, Outcome};
 use crate::patch::{self, Inspection, PodContext};
 use crate::settings::NativeMode;
@@ -32,7 +32,6 @@ pub struct InjectConfig {
 /// Shared by every request.
 pub struct AppState<C> {
     pub cluster: Arc<C>,
-    pub ensurer: Ensurer,
     pub native: Arc<NativeSupport>,
     pub inject: InjectConfig,
     pub metrics: Arc<Metrics>,
@@ -47,11 +46,9 @@ impl<C: Cluster> AppState<C> {
         inject: InjectConfig,
         metrics: Arc<Metrics>,
         resolver: Arc<CertResolver>,
-        ensure_ttl: Duration,
     ) -> Self {
         Self {
             cluster,
-            ensurer: Ensurer::new(ensure_ttl),
             native: Arc::new(NativeSupport::default()),
             inject,
             metrics,
@@ -236,7 +233,7 @@ async fn dispatch<C: Cluster>(
     span.record("name", name);
     span.record("workload", owner.as_str());
     if is_pod {
-        pod(state, &req, object, namespace).await
+        pod(state, &req, object, namespace)
     } else {
         workload(uid, object)
     }
@@ -254,7 +251,10 @@ fn decode_pod(object: &DynamicObject) -> Result<Pod, serde_json::Error> {
     })
 }
 
-async fn pod<C: Cluster>(
+/// Pure: the answer depends on the request and cached cluster facts only, and nothing is written
+/// (`sideEffects: None`). Lease and RBAC are the controller's job, from objects it reads from the
+/// API server, never from a request's content.
+fn pod<C: Cluster>(
     state: &AppState<C>,
     req: &AdmissionRequest<DynamicObject>,
     object: &DynamicObject,
@@ -281,66 +281,7 @@ async fn pod<C: Cluster>(
         }
         Ok(Inspection::Inject(plan)) => plan,
     };
-    let mut plan = plan;
-    let leader_label = plan.settings.leader_label;
-    let mut warnings = Vec::new();
-    if !plan.already_injected && req.dry_run {
-        // sideEffects: NoneOnDryRun — create nothing (and ask nothing: the answer comes from
-        // the cache), but say what a real create would do.
-        if !state
-            .ensurer
-            .is_known(namespace, &plan.service_account, leader_label)
-        {
-            let sa = &plan.service_account;
-            warnings.push(format!(
-                "dry run: ServiceAccount {namespace}/{sa} and RoleBinding {} are only ensured \
-                 when the pod is created for real",
-                contract::ROLE_BINDING
-            ));
-            if plan.switch_service_account {
-                // The API server's ServiceAccount plugin would refuse a pod naming a
-                // ServiceAccount that does not exist yet: show it on its current one.
-                warnings.push(format!(
-                    "dry run: the pod is shown with its current ServiceAccount; created for \
-                     real it runs as {sa}"
-                ));
-                plan.switch_service_account = false;
-                plan.service_account = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.service_account_name.clone())
-                    .unwrap_or_else(|| "default".into());
-            }
-        }
-    }
     let sa = plan.service_account.as_str();
-    if !plan.already_injected && !req.dry_run {
-        match state
-            .ensurer
-            .ensure(state.cluster.as_ref(), namespace, sa, leader_label)
-            .await
-        {
-            Ok(true) => {
-                state.metrics.ensure_called();
-                tracing::info!(
-                    service_account = sa,
-                    "elector ServiceAccount and RoleBinding ensured"
-                );
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot ensure the elector's RBAC");
-                return (
-                    Outcome::Error,
-                    ResponseBody::deny(
-                        uid,
-                        500,
-                        format!("leader-election webhook: cannot prepare the elector's RBAC: {e}"),
-                    ),
-                );
-            }
-        }
-    }
     let ctx = PodContext {
         namespace,
         image: &state.inject.image,
@@ -362,9 +303,7 @@ async fn pod<C: Cluster>(
         );
         Outcome::Injected
     };
-    let mut body = ResponseBody::allow(uid).with_patch(patch);
-    body.warnings = warnings;
-    (outcome, body)
+    (outcome, ResponseBody::allow(uid).with_patch(patch))
 }
 
 fn workload(uid: &str, object: &DynamicObject) -> (Outcome, ResponseBody) {

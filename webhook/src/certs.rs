@@ -46,19 +46,22 @@ fn cert_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Certificate(format!("{what}: {e}"))
 }
 
-/// Generates a fresh CA and a serving certificate for `sans`, both valid for `validity`.
-pub fn generate(sans: &[String], validity: Duration) -> Result<CertBundle> {
-    let Some(first) = sans.first() else {
-        return Err(Error::Certificate(
-            "no subject alternative names given".into(),
-        ));
-    };
+/// A CA that can issue serving certificates, PEM-encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ca {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn validity_window(validity: Duration) -> (time::OffsetDateTime, time::OffsetDateTime) {
     let now = time::OffsetDateTime::now_utc();
     // Tolerate a little clock skew between this host and the API server.
     let not_before = now - time::Duration::hours(1);
     let not_after = now + time::Duration::seconds(validity.as_secs().min(i64::MAX as u64) as i64);
+    (not_before, not_after)
+}
 
-    let ca_key = KeyPair::generate().map_err(|e| cert_err("generating the CA key", e))?;
+fn ca_params() -> CertificateParams {
     let mut ca = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "leader-election webhook CA");
@@ -69,12 +72,41 @@ pub fn generate(sans: &[String], validity: Duration) -> Result<CertBundle> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca.not_before = not_before;
-    ca.not_after = not_after;
+    ca
+}
+
+/// A fresh CA valid for `validity`.
+pub fn generate_ca(validity: Duration) -> Result<Ca> {
+    let ca_key = KeyPair::generate().map_err(|e| cert_err("generating the CA key", e))?;
+    let mut ca = ca_params();
+    (ca.not_before, ca.not_after) = validity_window(validity);
     let ca_cert = ca
         .self_signed(&ca_key)
         .map_err(|e| cert_err("signing the CA", e))?;
+    Ok(Ca {
+        cert_pem: ca_cert.pem(),
+        key_pem: ca_key.serialize_pem(),
+    })
+}
 
+/// A serving certificate for `sans` issued by `ca`, valid for `validity` but never past the CA.
+pub fn issue(ca: &Ca, sans: &[String], validity: Duration) -> Result<CertBundle> {
+    let Some(first) = sans.first() else {
+        return Err(Error::Certificate(
+            "no subject alternative names given".into(),
+        ));
+    };
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| cert_err("reading the CA key", e))?;
+    // The issuer is named by the CA's distinguished name and key, both as generate_ca made them.
+    let ca_params = ca_params();
+    let (_, ca_expiry) =
+        serial_and_expiry(&ca.cert_pem).map_err(|e| cert_err("reading the CA certificate", e))?;
+    let ca_end = time::OffsetDateTime::from_unix_timestamp(ca_expiry)
+        .map_err(|e| cert_err("the CA's expiry", e))?;
+    let (not_before, mut not_after) = validity_window(validity);
+    if not_after > ca_end {
+        not_after = ca_end;
+    }
     let key = KeyPair::generate().map_err(|e| cert_err("generating the serving key", e))?;
     let mut leaf = CertificateParams::new(sans.to_vec())
         .map_err(|e| cert_err("invalid subject alternative name", e))?;
@@ -90,15 +122,45 @@ pub fn generate(sans: &[String], validity: Duration) -> Result<CertBundle> {
     leaf.use_authority_key_identifier_extension = true;
     leaf.not_before = not_before;
     leaf.not_after = not_after;
-    let issuer = Issuer::new(ca, &ca_key);
+    let issuer = Issuer::new(ca_params, &ca_key);
     let cert = leaf
         .signed_by(&key, &issuer)
         .map_err(|e| cert_err("signing the serving certificate", e))?;
     Ok(CertBundle {
-        ca_pem: ca_cert.pem(),
+        ca_pem: ca.cert_pem.clone(),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// Generates a fresh CA and a serving certificate for `sans`, both valid for `validity`.
+pub fn generate(sans: &[String], validity: Duration) -> Result<CertBundle> {
+    let ca = generate_ca(validity)?;
+    issue(&ca, sans, validity)
+}
+
+/// The PEM blocks of a bundle (several certificates concatenated), each as its own string.
+pub fn split_pem(bundle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in bundle.lines() {
+        if line.starts_with("-----BEGIN ") {
+            cur.clear();
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if line.starts_with("-----END ") {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+/// Serial number (hex) and expiry (unix seconds) of a PEM certificate.
+pub fn serial_and_expiry(pem: &str) -> std::result::Result<(String, i64), String> {
+    let (_, p) = parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let c = p.parse_x509().map_err(|e| e.to_string())?;
+    Ok((c.raw_serial_as_string(), c.validity().not_after.timestamp()))
 }
 
 fn unix_now(now: SystemTime) -> i64 {

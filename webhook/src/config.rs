@@ -46,6 +46,13 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn default_identity() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("webhook-{}", std::process::id()))
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to serve HTTPS on.
@@ -103,6 +110,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WEBHOOK_CERT_RENEW_BEFORE", default_value = "30d", value_parser = duration)]
     pub cert_renew_before: Duration,
 
+    /// Lifetime of a self-provisioned CA (serving certificates are renewed under it).
+    #[arg(long, env = "WEBHOOK_CA_VALIDITY", default_value = "1095d", value_parser = positive_duration)]
+    pub ca_validity: Duration,
+
+    /// Rotate the self-provisioned CA when less than this is left (must exceed
+    /// --cert-renew-before).
+    #[arg(long, env = "WEBHOOK_CA_RENEW_BEFORE", default_value = "90d", value_parser = duration)]
+    pub ca_renew_before: Duration,
+
     /// How often the Secret and the caBundle are checked again (an operator may re-apply the
     /// configuration without caBundle; another replica may rotate the certificate).
     #[arg(long, env = "WEBHOOK_RESYNC_INTERVAL", default_value = "30s", value_parser = positive_duration)]
@@ -126,9 +142,18 @@ pub struct ServeArgs {
     #[arg(long, env = "WEBHOOK_NATIVE_SIDECAR_REFRESH", default_value = "60s", value_parser = positive_duration)]
     pub native_sidecar_refresh: Duration,
 
-    /// How long an ensured ServiceAccount/RoleBinding is trusted before it is checked again.
-    #[arg(long, env = "WEBHOOK_RBAC_CACHE_TTL", default_value = "10m", value_parser = duration)]
-    pub rbac_cache_ttl: Duration,
+    /// Run the controller (Leases, their Roles and RoleBindings, leader labels) when this
+    /// replica is elected; `false` serves admission only.
+    #[arg(long, env = "WEBHOOK_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controller: bool,
+
+    /// Lease, in --namespace, the replicas elect their one active controller on.
+    #[arg(long, env = "WEBHOOK_CONTROLLER_LEASE", default_value = crate::controller::election::CONTROLLER_LEASE)]
+    pub controller_lease: String,
+
+    /// This replica's identity in the controller election (the pod name).
+    #[arg(long, env = contract::env::POD_NAME, default_value_t = default_identity())]
+    pub identity: String,
 
     /// Largest AdmissionReview accepted; larger bodies get 413.
     #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
@@ -163,6 +188,19 @@ impl ServeArgs {
                  resync would generate a new certificate",
                 humantime::format_duration(self.cert_renew_before),
                 humantime::format_duration(self.cert_validity)
+            ));
+        }
+        if self.self_provision
+            && (self.ca_renew_before >= self.ca_validity
+                || self.ca_renew_before <= self.cert_renew_before)
+        {
+            return Err(format!(
+                "--ca-renew-before ({}) must be shorter than --ca-validity ({}) and longer than \
+                 --cert-renew-before ({}), or certificates issued near the CA's end would be \
+                 renewed at every resync",
+                humantime::format_duration(self.ca_renew_before),
+                humantime::format_duration(self.ca_validity),
+                humantime::format_duration(self.cert_renew_before)
             ));
         }
         Ok(())

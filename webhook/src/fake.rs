@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::{RoleBinding, Subject};
 
 use crate::cluster::{Cluster, WebhookEntry};
 use crate::error::ApiError;
@@ -14,16 +14,13 @@ type ApiResult<T> = std::result::Result<T, ApiError>;
 
 #[derive(Debug, Default)]
 pub struct FakeState {
-    /// (namespace, name)
-    pub service_accounts: Vec<(String, String)>,
-    /// (namespace, name) → binding
-    pub role_bindings: BTreeMap<(String, String), RoleBinding>,
     pub secrets: BTreeMap<(String, String), Secret>,
+    pub leases: BTreeMap<(String, String), Lease>,
     /// configuration name → entries
     pub webhooks: BTreeMap<String, Vec<WebhookEntry>>,
     pub server_version: String,
     pub kubelets: Vec<String>,
-    /// Every call, e.g. `create_service_account ns/leader-elector`.
+    /// Every call, e.g. `get_secret ns/name`.
     pub calls: Vec<String>,
     /// Calls (by method name) that fail once with the given error before behaving normally.
     pub fail_once: BTreeMap<String, ApiError>,
@@ -79,77 +76,6 @@ impl FakeState {
 }
 
 impl Cluster for FakeCluster {
-    async fn service_account_exists(&self, ns: &str, name: &str) -> ApiResult<bool> {
-        self.call("service_account_exists", format!("{ns}/{name}"))
-            .await?;
-        Ok(self.with(|s| {
-            s.service_accounts
-                .contains(&(ns.to_string(), name.to_string()))
-        }))
-    }
-
-    async fn create_service_account(&self, ns: &str, name: &str) -> ApiResult<()> {
-        self.call("create_service_account", format!("{ns}/{name}"))
-            .await?;
-        self.with(|s| {
-            let key = (ns.to_string(), name.to_string());
-            if s.service_accounts.contains(&key) {
-                return Err(ApiError::AlreadyExists);
-            }
-            s.service_accounts.push(key);
-            Ok(())
-        })
-    }
-
-    async fn get_role_binding(&self, ns: &str, name: &str) -> ApiResult<Option<RoleBinding>> {
-        self.call("get_role_binding", format!("{ns}/{name}"))
-            .await?;
-        Ok(self.with(|s| {
-            s.role_bindings
-                .get(&(ns.to_string(), name.to_string()))
-                .cloned()
-        }))
-    }
-
-    async fn create_role_binding(&self, ns: &str, mut rb: RoleBinding) -> ApiResult<()> {
-        let name = rb.metadata.name.clone().unwrap_or_default();
-        self.call("create_role_binding", format!("{ns}/{name}"))
-            .await?;
-        self.with(|s| {
-            let key = (ns.to_string(), name);
-            if s.role_bindings.contains_key(&key) {
-                return Err(ApiError::AlreadyExists);
-            }
-            rb.metadata.resource_version = Some(s.rv());
-            s.role_bindings.insert(key, rb);
-            Ok(())
-        })
-    }
-
-    async fn set_role_binding_subjects(
-        &self,
-        ns: &str,
-        name: &str,
-        resource_version: &str,
-        subjects: Vec<Subject>,
-    ) -> ApiResult<()> {
-        self.call("set_role_binding_subjects", format!("{ns}/{name}"))
-            .await?;
-        self.with(|s| {
-            let rv = s.rv();
-            let rb = s
-                .role_bindings
-                .get_mut(&(ns.to_string(), name.to_string()))
-                .ok_or(ApiError::NotFound)?;
-            if rb.metadata.resource_version.as_deref() != Some(resource_version) {
-                return Err(ApiError::Conflict);
-            }
-            rb.subjects = Some(subjects);
-            rb.metadata.resource_version = Some(rv);
-            Ok(())
-        })
-    }
-
     async fn server_version(&self) -> ApiResult<String> {
         self.call("server_version", String::new()).await?;
         Ok(self.with(|s| s.server_version.clone()))
@@ -193,6 +119,34 @@ impl Cluster for FakeCluster {
             s.secrets.insert(key, secret);
             Ok(())
         })
+    }
+
+    async fn list_leases(&self, ns: &str, selector: &str) -> ApiResult<Vec<Lease>> {
+        self.call("list_leases", format!("{ns} {selector}")).await?;
+        let (key, value) = selector.split_once('=').unwrap_or((selector, ""));
+        Ok(self.with(|s| {
+            s.leases
+                .iter()
+                .filter(|((n, _), l)| {
+                    n == ns
+                        && l.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|m| m.get(key))
+                            .is_some_and(|v| v == value)
+                })
+                .map(|(_, l)| l.clone())
+                .collect()
+        }))
+    }
+
+    async fn upsert_lease(&self, ns: &str, lease: Lease) -> ApiResult<()> {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        self.call("upsert_lease", format!("{ns}/{name}")).await?;
+        self.with(|s| {
+            s.leases.insert((ns.to_string(), name), lease);
+        });
+        Ok(())
     }
 
     async fn get_webhooks(&self, configuration: &str) -> ApiResult<Option<Vec<WebhookEntry>>> {

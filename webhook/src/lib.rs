@@ -9,11 +9,13 @@ pub mod admission;
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod fake;
 pub mod metrics;
 pub mod patch;
 pub mod provision;
+pub mod rbac;
 pub mod server;
 pub mod settings;
 pub mod tls;
@@ -26,11 +28,13 @@ use base64::Engine;
 use clap::Parser;
 
 use crate::admission::{AppState, InjectConfig};
-use crate::cluster::{Cluster, KubeCluster};
+use crate::cluster::KubeCluster;
 use crate::config::{CertsArgs, Cli, Command, LogFormat, ServeArgs};
+use crate::controller::ControllerConfig;
+use crate::controller::election::{Election, ElectionConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::provision::Provisioning;
+use crate::provision::ReplicaCerts;
 use crate::settings::NativeMode;
 use crate::tls::{CertResolver, FileSource};
 
@@ -100,7 +104,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // kube and the server must agree on one rustls crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     args.validate().map_err(Error::Config)?;
-    let cluster = Arc::new(KubeCluster::infer().await?);
+    let kube_config = kube::Config::infer().await.map_err(|e| {
+        Error::Config(format!(
+            "cannot find the Kubernetes API (in-cluster config or KUBECONFIG): {e}"
+        ))
+    })?;
+    let url = kube_config.cluster_url.to_string();
+    let client = kube::Client::try_from(kube_config).map_err(Error::Client)?;
+    let cluster = Arc::new(KubeCluster::new(client.clone()));
     let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(CertResolver::default());
     let inject = InjectConfig {
@@ -113,7 +124,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         inject,
         metrics.clone(),
         resolver.clone(),
-        args.rbac_cache_ttl,
     ));
     let mut tasks = Vec::new();
 
@@ -128,37 +138,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
             metrics.clone(),
         )));
     } else {
-        let p = Provisioning {
+        // Self-provisioned: the active controller owns the certificate (controller::certs);
+        // every replica serves what the Secret holds and reports which CA issued it.
+        let p = ReplicaCerts {
             namespace: args.namespace.clone(),
             secret: args.tls_secret.clone(),
-            webhook_configuration: args.webhook_configuration.clone(),
-            sans: certs::service_sans(&args.service_name, &args.namespace, &args.extra_sans),
-            validity: args.cert_validity,
-            renew_before: args.cert_renew_before,
+            report: format!("{}-replica-{}", args.controller_lease, args.identity),
+            identity: args.identity.clone(),
+            every: args.resync_interval,
         };
-        let bundle = provision::reconcile_secret(cluster.as_ref(), &p).await?;
-        resolver.set(tls::certified_key(
-            bundle.cert_pem.as_bytes(),
-            bundle.key_pem.as_bytes(),
-        )?);
-        metrics.cert_loaded();
-        tracing::info!(secret = %p.secret, namespace = %p.namespace, "serving the self-provisioned certificate");
-        if let Err(e) = provision::sync_ca_bundle(
-            cluster.as_ref(),
-            &p.webhook_configuration,
-            bundle.ca_pem.as_bytes(),
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "caBundle not synced yet; retrying periodically");
-        }
-        tasks.push(tokio::spawn(resync(
+        tasks.push(tokio::spawn(provision::serve_from_secret(
             cluster.clone(),
             p,
-            bundle,
             resolver.clone(),
             metrics.clone(),
-            args.resync_interval,
         )));
     }
 
@@ -188,6 +181,49 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     }));
 
+    // The controller runs beside admission, never in its way: admission answers whether or not
+    // this replica leads.
+    let election = if args.controller {
+        let identity = args.identity.clone();
+        let e = Election::start(
+            client.clone(),
+            ElectionConfig {
+                namespace: args.namespace.clone(),
+                lease: args.controller_lease.clone(),
+                identity: identity.clone(),
+                timings: contract::Timings::default(),
+                url,
+            },
+        )
+        .map_err(|e| Error::Server(format!("cannot start the controller election: {e}")))?;
+        let certs = (args.tls_cert_file.is_none()).then(|| controller::certs::CertPolicy {
+            namespace: args.namespace.clone(),
+            secret: args.tls_secret.clone(),
+            webhook_configuration: args.webhook_configuration.clone(),
+            sans: certs::service_sans(&args.service_name, &args.namespace, &args.extra_sans),
+            ca_validity: args.ca_validity,
+            ca_renew_before: args.ca_renew_before,
+            validity: args.cert_validity,
+            renew_before: args.cert_renew_before,
+            settle: controller::certs::TRUST_SETTLE,
+        });
+        tasks.push(tokio::spawn(lead(
+            client.clone(),
+            e.leading.clone(),
+            ControllerConfig {
+                identity,
+                certs,
+                resync: args.resync_interval,
+            },
+        )));
+        Some(e)
+    } else {
+        tracing::info!(
+            "controller disabled (--controller=false): Leases, RBAC and leader labels are not managed by this replica"
+        );
+        None
+    };
+
     let tls_config = Arc::new(tls::server_config(resolver.clone())?);
     let listener = server::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, "webhook serving");
@@ -211,48 +247,32 @@ async fn serve(args: ServeArgs) -> Result<()> {
     for t in tasks {
         t.abort();
     }
+    if let Some(e) = election {
+        // Releasing the Lease lets a standby take over at once instead of after its expiry.
+        e.stop().await;
+    }
     result
 }
 
-/// Periodically re-reads the Secret (another replica may have rotated it, or it nears expiry)
-/// and re-applies the caBundle (an operator may have re-applied the configuration without it).
-async fn resync<C: Cluster>(
-    cluster: Arc<C>,
-    p: Provisioning,
-    mut current: certs::CertBundle,
-    resolver: Arc<CertResolver>,
-    metrics: Arc<Metrics>,
-    every: std::time::Duration,
+/// Runs the controller while this replica leads, and stops it as soon as it does not.
+async fn lead(
+    client: kube::Client,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    cfg: ControllerConfig,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
     loop {
-        tick.tick().await;
-        match provision::reconcile_secret(cluster.as_ref(), &p).await {
-            Ok(bundle) if bundle != current => {
-                match tls::certified_key(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()) {
-                    Ok(ck) => {
-                        resolver.set(ck);
-                        metrics.cert_reloaded();
-                        tracing::info!("serving certificate replaced from the Secret");
-                        current = bundle;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the Secret's certificate cannot be loaded")
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "certificate Secret not reconciled"),
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
         }
-        if let Err(e) = provision::sync_ca_bundle(
-            cluster.as_ref(),
-            &p.webhook_configuration,
-            current.ca_pem.as_bytes(),
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "caBundle not synced");
+        tracing::info!("this replica leads: controller starting");
+        tokio::select! {
+            () = controller::run(client.clone(), cfg.clone()) => {}
+            r = leading.wait_for(|l| !*l) => {
+                if r.is_err() {
+                    return;
+                }
+                tracing::info!("leadership lost: controller stopped");
+            }
         }
     }
 }

@@ -54,10 +54,9 @@ impl SkipReason {
 pub struct Plan {
     pub settings: PodSettings,
     pub lease: String,
-    /// The ServiceAccount the pod runs as once admitted; the elector's RoleBinding must name it.
+    /// The ServiceAccount the pod runs as: the one its owner chose, never changed here. The
+    /// controller binds the Lease's Role to it.
     pub service_account: String,
-    /// The pod is on its namespace's `default` ServiceAccount and is moved to ours.
-    pub switch_service_account: bool,
     /// The elector is already there (reinvocation or re-admission): only env vars may be added.
     pub already_injected: bool,
 }
@@ -145,7 +144,7 @@ pub fn resolve_lease(meta: &ObjectMeta, settings: &PodSettings) -> Result<String
 }
 
 /// The Lease an injected elector already uses (its `--election=` argument).
-fn injected_lease(pod: &Pod) -> Option<String> {
+pub fn injected_lease(pod: &Pod) -> Option<String> {
     let prefix = format!("--{}=", contract::flags::ELECTION);
     elector_container(pod)?
         .args
@@ -195,17 +194,10 @@ pub fn inspect_pod(pod: &Pod, namespace: &str) -> Result<Inspection, Denial> {
         .or(spec.service_account.as_deref())
         .filter(|s| !s.is_empty())
         .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
-    let switch = !already_injected && current == DEFAULT_SERVICE_ACCOUNT;
-    let service_account = if switch {
-        contract::SERVICE_ACCOUNT.to_string()
-    } else {
-        current.to_string()
-    };
     Ok(Inspection::Inject(Box::new(Plan {
         settings,
         lease,
-        service_account,
-        switch_service_account: switch,
+        service_account: current.to_string(),
         already_injected,
     })))
 }
@@ -232,9 +224,11 @@ fn app_env(plan: &Plan) -> [Value; 3] {
     ]
 }
 
-/// The elector's own credentials, shaped like the API server's `kube-api-access-*` volume. The
-/// ServiceAccount admission plugin runs before webhooks, so an injected container never gets a
-/// token mount of its own; kubelet mints this token for the pod's final ServiceAccount.
+/// The elector's own credentials, shaped like the API server's `kube-api-access-*` volume and
+/// mounted in the elector's container only. Kubelet mints this token for the pod's own
+/// ServiceAccount whatever `automountServiceAccountToken` says, so the elector can reach its
+/// Lease while app containers that had no token still have none. (The ServiceAccount admission
+/// plugin, when re-run after webhooks, skips a container that already mounts this path.)
 pub fn elector_volume() -> Value {
     json!({
         "name": API_ACCESS_VOLUME,
@@ -257,10 +251,9 @@ pub fn elector(plan: &Plan, ctx: &PodContext<'_>, native: bool) -> Value {
         format!("--{}={}", flags::ELECTION, plan.lease),
         format!("--{}=0.0.0.0:{}", flags::HTTP, s.port),
     ];
+    // The leader label is the controller's job (it watches the Lease); the elector needs no
+    // pods permission.
     args.extend(s.timings.flag_args());
-    if s.leader_label {
-        args.push(format!("--{}", flags::LEADER_LABEL));
-    }
     let probe = |path: &str, period: u32| {
         json!({"httpGet": {"path": path, "port": s.port, "scheme": "HTTP"},
                "periodSeconds": period, "timeoutSeconds": 1, "failureThreshold": 3})
@@ -331,19 +324,6 @@ pub fn build_patch(pod: &Pod, plan: &Plan, ctx: &PodContext<'_>) -> Option<Patch
         Some(_) => {}
     }
     if !plan.already_injected {
-        if plan.switch_service_account {
-            ops.push(add(
-                ptr(["spec", "serviceAccountName"]),
-                json!(plan.service_account),
-            ));
-            // The deprecated alias must not contradict the real field.
-            if spec.service_account.is_some() {
-                ops.push(add(
-                    ptr(["spec", "serviceAccount"]),
-                    json!(plan.service_account),
-                ));
-            }
-        }
         let volumes = spec.volumes.as_ref();
         if !volumes.is_some_and(|v| v.iter().any(|v| v.name == API_ACCESS_VOLUME)) {
             append(

@@ -1,168 +1,108 @@
-//! Self-provisioned certificates: one CA + serving certificate kept in a Secret so every replica
-//! serves the same one, and the MutatingWebhookConfiguration's caBundle kept in sync with it.
+//! Self-provisioned certificates, replica side: every replica serves the certificate the Secret
+//! holds and reports which CA issued it. Writing the Secret and the caBundle is the active
+//! controller's job alone ([`crate::controller::certs`]).
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-use crate::certs::{self, CA_FILE, CERT_FILE, CertBundle, KEY_FILE};
+use crate::certs::{self, CA_FILE, CERT_FILE, KEY_FILE};
 use crate::cluster::Cluster;
-use crate::error::{ApiError, Error, Result};
+use crate::controller::certs::report;
+use crate::metrics::Metrics;
+use crate::tls::{self, CertResolver};
 
-/// What to provision, and where.
+/// Where a replica reads its certificate and reports.
 #[derive(Debug, Clone)]
-pub struct Provisioning {
+pub struct ReplicaCerts {
     pub namespace: String,
     pub secret: String,
-    pub webhook_configuration: String,
-    pub sans: Vec<String>,
-    pub validity: Duration,
-    /// Regenerate when less than this is left.
-    pub renew_before: Duration,
+    /// Name of this replica's report Lease.
+    pub report: String,
+    pub identity: String,
+    pub every: Duration,
 }
 
-const ATTEMPTS: usize = 4;
-
-fn bundle_from(secret: &Secret) -> Option<CertBundle> {
-    let data = secret.data.as_ref()?;
+/// The serving certificate, key and issuing CA in the Secret, when there is one to serve.
+pub fn serving(
+    data: &std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+) -> Option<(String, String, String)> {
     let get = |k: &str| {
         data.get(k)
             .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|v| !v.trim().is_empty())
     };
-    Some(CertBundle {
-        ca_pem: get(CA_FILE)?,
-        cert_pem: get(CERT_FILE)?,
-        key_pem: get(KEY_FILE)?,
-    })
+    Some((get(CERT_FILE)?, get(KEY_FILE)?, get(CA_FILE)?))
 }
 
-fn secret_for(p: &Provisioning, b: &CertBundle, resource_version: Option<String>) -> Secret {
-    let data: BTreeMap<String, ByteString> = [
-        (CA_FILE, &b.ca_pem),
-        (CERT_FILE, &b.cert_pem),
-        (KEY_FILE, &b.key_pem),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-    .collect();
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(p.secret.clone()),
-            namespace: Some(p.namespace.clone()),
-            resource_version,
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    contract::deploy::WEBHOOK_NAME.to_string(),
-                )]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(data),
-        ..Secret::default()
-    }
-}
-
-/// A bundle that is usable: valid for the SANs, not near expiry, key fits the certificate.
-fn usable(p: &Provisioning, b: &CertBundle) -> std::result::Result<(), String> {
-    certs::check(b, &p.sans, SystemTime::now(), p.renew_before)?;
-    crate::tls::certified_key(b.cert_pem.as_bytes(), b.key_pem.as_bytes())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Returns the bundle every replica should serve: the Secret's if usable, else a new one
-/// written with create (absent) or an rv-guarded replace; a lost race re-reads the winner's.
-pub async fn reconcile_secret<C: Cluster>(cluster: &C, p: &Provisioning) -> Result<CertBundle> {
-    let ctx = || format!("Secret {}/{}", p.namespace, p.secret);
-    for _ in 0..ATTEMPTS {
-        let existing = cluster
-            .get_secret(&p.namespace, &p.secret)
-            .await
-            .map_err(|e| Error::api(format!("reading {}", ctx()), e))?;
-        match existing {
-            None => {
-                let b = certs::generate(&p.sans, p.validity)?;
-                match cluster
-                    .create_secret(&p.namespace, secret_for(p, &b, None))
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::info!(secret = %ctx(), "generated a CA and serving certificate");
-                        return Ok(b);
+/// One pass: load what the Secret holds if it changed; returns the CA serial now served.
+pub async fn sync_once<C: Cluster>(
+    cluster: &C,
+    p: &ReplicaCerts,
+    resolver: &CertResolver,
+    metrics: &Metrics,
+    current: &mut Option<(String, String)>,
+) -> Option<String> {
+    match cluster.get_secret(&p.namespace, &p.secret).await {
+        Ok(Some(s)) => {
+            if let Some((cert, key, ca)) = s.data.as_ref().and_then(serving) {
+                let serial = certs::serial_and_expiry(&ca)
+                    .map(|(s, _)| s)
+                    .unwrap_or_default();
+                let changed = current.as_ref().map(|(c, _)| c) != Some(&cert);
+                if changed {
+                    match tls::certified_key(cert.as_bytes(), key.as_bytes()) {
+                        Ok(ck) => {
+                            let first = current.is_none();
+                            resolver.set(ck);
+                            if first {
+                                metrics.cert_loaded();
+                            } else {
+                                metrics.cert_reloaded();
+                            }
+                            tracing::info!(ca_serial = %serial, "serving the certificate from the Secret");
+                            *current = Some((cert, serial));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the Secret's certificate cannot be loaded")
+                        }
                     }
-                    Err(ApiError::AlreadyExists) => continue,
-                    Err(e) => return Err(Error::api(format!("creating {}", ctx()), e)),
                 }
-            }
-            Some(secret) => {
-                let reason = match bundle_from(&secret) {
-                    Some(b) => match usable(p, &b) {
-                        Ok(()) => return Ok(b),
-                        Err(reason) => reason,
-                    },
-                    None => format!("it lacks one of {CA_FILE}, {CERT_FILE}, {KEY_FILE}"),
-                };
-                tracing::info!(secret = %ctx(), %reason, "regenerating the certificate");
-                let b = certs::generate(&p.sans, p.validity)?;
-                let rv = secret.metadata.resource_version.clone();
-                match cluster
-                    .replace_secret(&p.namespace, secret_for(p, &b, rv))
-                    .await
-                {
-                    Ok(()) => return Ok(b),
-                    // Another replica replaced it first: use theirs.
-                    Err(ApiError::Conflict) => continue,
-                    Err(e) => return Err(Error::api(format!("replacing {}", ctx()), e)),
-                }
+            } else if current.is_none() {
+                tracing::info!("waiting for the controller to write the serving certificate");
             }
         }
+        Ok(None) => {
+            if current.is_none() {
+                tracing::info!(secret = %p.secret, "waiting for the controller to create the certificate Secret");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "certificate Secret not read"),
     }
-    Err(Error::api(
-        ctx(),
-        ApiError::Other(format!(
-            "still changing concurrently after {ATTEMPTS} attempts"
-        )),
-    ))
+    current.as_ref().map(|(_, serial)| serial.clone())
 }
 
-/// Sets `ca` as the caBundle of every webhook entry that lacks it. Returns how many entries
-/// were updated; a missing configuration is not an error (it may not be applied yet).
-pub async fn sync_ca_bundle<C: Cluster>(
-    cluster: &C,
-    configuration: &str,
-    ca: &[u8],
-) -> Result<usize> {
-    let ctx = || format!("MutatingWebhookConfiguration {configuration}");
-    let Some(entries) = cluster
-        .get_webhooks(configuration)
-        .await
-        .map_err(|e| Error::api(format!("reading {}", ctx()), e))?
-    else {
-        tracing::warn!(
-            configuration,
-            "MutatingWebhookConfiguration not found; its caBundle will be set once it exists"
-        );
-        return Ok(0);
-    };
-    let stale: Vec<(usize, String)> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.ca_bundle.as_deref() != Some(ca))
-        .map(|(i, e)| (i, e.name.clone()))
-        .collect();
-    if stale.is_empty() {
-        return Ok(0);
+/// Serves from the Secret forever: polls quickly until a certificate is loaded, then every
+/// `p.every`, reporting after each pass.
+pub async fn serve_from_secret<C: Cluster>(
+    cluster: Arc<C>,
+    p: ReplicaCerts,
+    resolver: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+) {
+    let mut current = None;
+    loop {
+        let serial = sync_once(cluster.as_ref(), &p, &resolver, &metrics, &mut current).await;
+        if let Some(serial) = &serial {
+            let lease = report(&p.namespace, &p.report, &p.identity, serial, p.every);
+            if let Err(e) = cluster.upsert_lease(&p.namespace, lease).await {
+                tracing::warn!(error = %e, "cannot report the served certificate");
+            }
+        }
+        let wait = if serial.is_some() {
+            p.every
+        } else {
+            p.every.min(Duration::from_secs(1))
+        };
+        tokio::time::sleep(wait).await;
     }
-    cluster
-        .set_ca_bundles(configuration, &stale, ca)
-        .await
-        .map_err(|e| Error::api(format!("patching the caBundle of {}", ctx()), e))?;
-    tracing::info!(configuration, webhooks = stale.len(), "caBundle updated");
-    Ok(stale.len())
 }

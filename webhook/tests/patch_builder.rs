@@ -115,9 +115,15 @@ fn deployment_pod_gets_everything() {
         out["metadata"]["annotations"][ann::STATUS],
         ann::STATUS_INJECTED
     );
-    // Moved off the namespace's default ServiceAccount, alias kept consistent.
-    assert_eq!(out["spec"]["serviceAccountName"], contract::SERVICE_ACCOUNT);
-    assert_eq!(out["spec"]["serviceAccount"], contract::SERVICE_ACCOUNT);
+    // The ServiceAccount the owner chose is kept (issue 11: no silent identity change).
+    assert_eq!(
+        out["spec"]["serviceAccountName"],
+        deployment_pod()["spec"]["serviceAccountName"]
+    );
+    assert_eq!(
+        out["spec"]["serviceAccount"],
+        deployment_pod()["spec"]["serviceAccount"]
+    );
 
     let cs = containers(&out);
     assert_eq!(cs.len(), 3);
@@ -409,7 +415,6 @@ fn own_service_account_is_kept() {
         panic!("not injected");
     };
     assert_eq!(plan.service_account, "my-sa");
-    assert!(!plan.switch_service_account);
     let out = inject(&input, &regular());
     assert_eq!(out["spec"]["serviceAccountName"], "my-sa");
     assert!(find(&elector(&out)["volumeMounts"], patch::API_ACCESS_VOLUME).is_some());
@@ -421,8 +426,12 @@ fn no_service_account_field_means_default() {
     let spec = input["spec"].as_object_mut().unwrap();
     spec.remove("serviceAccountName");
     spec.remove("serviceAccount");
+    let Inspection::Inject(plan) = patch::inspect_pod(&pod(&input), "apps").unwrap() else {
+        panic!("not injected");
+    };
+    assert_eq!(plan.service_account, "default");
     let out = inject(&input, &regular());
-    assert_eq!(out["spec"]["serviceAccountName"], contract::SERVICE_ACCOUNT);
+    assert!(out["spec"].get("serviceAccountName").is_none());
     assert!(out["spec"].get("serviceAccount").is_none());
 }
 
@@ -515,10 +524,11 @@ fn settings_reach_the_container() {
         "--lease-duration=30s",
         "--renew-deadline=20s",
         "--retry-period=1500ms",
-        "--leader-label",
     ] {
         assert!(a.contains(&want), "{want} in {a:?}");
     }
+    // The controller labels pods; the elector gets no flag (and no pods permission) for it.
+    assert!(!a.iter().any(|x| x.contains("leader-label")), "{a:?}");
     assert_eq!(e["livenessProbe"]["httpGet"]["port"], 5050);
     assert_eq!(e["ports"][0]["containerPort"], 5050);
     assert_eq!(
@@ -552,10 +562,10 @@ fn reinvocation_only_adds_missing_env() {
         env(late, "LEADER_ELECTION_LEASE_NAME").unwrap()["value"],
         "my-app"
     );
-    // ServiceAccount untouched on reinvocation (already ours).
+    // ServiceAccount untouched.
     assert_eq!(
         twice["spec"]["serviceAccountName"],
-        contract::SERVICE_ACCOUNT
+        deployment_pod()["spec"]["serviceAccountName"]
     );
     assert!(patch::mutate_pod(&pod(&twice), &c).unwrap().patch.is_none());
 }

@@ -3,7 +3,6 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -36,7 +35,6 @@ pub fn app() -> App {
         },
         Arc::new(Metrics::new()),
         Arc::new(CertResolver::default()),
-        Duration::from_secs(600),
     ));
     App {
         router: webhook::server::router(state.clone(), MAX_BODY),
