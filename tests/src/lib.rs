@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cluster;
 pub mod control_plane;
 pub mod demo;
+pub mod e2e;
 pub mod elector;
 pub mod error;
 pub mod httpc;

@@ -4,63 +4,10 @@
 //! `wget -qO- localhost:4040` through `kubectl exec`.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use testenv::cluster::{self, Cluster, pods};
+use testenv::cluster::{Cluster, pods};
+use testenv::e2e::{TIMEOUT, deployed};
 use testenv::{Result, eventually, fail, workspace_root};
-
-const SYSTEM: &str = contract::deploy::NAMESPACE;
-const TIMEOUT: Duration = Duration::from_secs(240);
-
-/// The shared cluster with the webhook deployed from manifests/ (once per test binary).
-async fn deployed() -> Result<&'static Cluster> {
-    static DEPLOYED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    let c = cluster::shared().await?;
-    DEPLOYED
-        .get_or_try_init(|| async {
-            let manifests = workspace_root().join("manifests");
-            c.kubectl_ok(&["apply", "-k", &manifests.display().to_string()], None)
-                .await?;
-            let deploy = format!("deployment/{}", contract::deploy::WEBHOOK_NAME);
-            c.kubectl_ok(
-                &["-n", SYSTEM, "rollout", "status", &deploy, "--timeout=240s"],
-                None,
-            )
-            .await
-            .map_err(|e| fail("the webhook's rollout", format!("{e}\n{}", c.logs_tail(30))))?;
-            // The webhook provisions its certificate and writes the caBundle itself.
-            let mwc = format!(
-                "mutatingwebhookconfiguration/{}",
-                contract::deploy::WEBHOOK_CONFIGURATION
-            );
-            eventually(
-                "the caBundle in the webhook configuration",
-                TIMEOUT,
-                || async {
-                    let bundle = c
-                        .kubectl(
-                            &[
-                                "get",
-                                &mwc,
-                                "-o",
-                                "jsonpath={.webhooks[*].clientConfig.caBundle}",
-                            ],
-                            None,
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if bundle.success && bundle.stdout.trim().len() > 100 {
-                        Ok(())
-                    } else {
-                        Err(format!("caBundle: {:?} {}", bundle.stdout, bundle.stderr))
-                    }
-                },
-            )
-            .await
-        })
-        .await?;
-    Ok(c)
-}
 
 async fn json(c: &Cluster, args: &[&str]) -> Result<serde_json::Value> {
     let out = c.kubectl_ok(args, None).await?;
@@ -187,5 +134,79 @@ async fn the_example_app_elects_one_leader_in_real_pods() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// A bare pod, annotated or not, that sleeps.
+fn sleeper(name: &str, annotated: bool) -> serde_json::Value {
+    let mut pod = pods::busybox_pod(name, "sleep 3600");
+    if annotated {
+        pod["metadata"]["annotations"] = serde_json::json!({
+            contract::annotations::ENABLED: "true",
+            contract::annotations::LEASE_NAME: name,
+        });
+    }
+    pod
+}
+
+fn has_elector(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let spec = pod.spec.clone().unwrap_or_default();
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == contract::CONTAINER_NAME)
+}
+
+#[tokio::test]
+async fn the_api_server_sends_only_annotated_pods_of_eligible_namespaces() -> Result<()> {
+    let c = deployed().await?;
+    let ns = c.create_namespace("rules").await?;
+    let opted_out = c.create_namespace("opted-out").await?;
+    c.kubectl_ok(
+        &[
+            "label",
+            "namespace",
+            &opted_out,
+            "leader-election/injection=disabled",
+        ],
+        None,
+    )
+    .await?;
+    // Other tests of this binary admit pods too: serialise on the counter.
+    static COUNTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _counter = COUNTER.lock().await;
+
+    // matchConditions: unannotated pods are never sent (the webhook's own counter stays put).
+    let before = testenv::e2e::webhook_admissions(c).await?;
+    for i in 0..3 {
+        let p = pods::create(c, &ns, &sleeper(&format!("plain-{i}"), false)).await?;
+        assert!(!has_elector(&p), "an unannotated pod was injected");
+    }
+    // namespaceSelector: kube-system and namespaces labelled injection=disabled are skipped
+    // even when the pod asks.
+    for namespace in ["kube-system", opted_out.as_str()] {
+        let name = format!("asks-{}", testenv::procs::rand_suffix());
+        let p = pods::create(c, namespace, &sleeper(&name, true)).await?;
+        assert!(!has_elector(&p), "a pod in {namespace} was injected");
+        c.kubectl_ok(
+            &["delete", "pod", "-n", namespace, &name, "--wait=false"],
+            None,
+        )
+        .await?;
+    }
+    let after = testenv::e2e::webhook_admissions(c).await?;
+    assert_eq!(
+        after, before,
+        "the webhook answered reviews it should never have been sent"
+    );
+
+    // Positive control: an annotated pod in an ordinary namespace is sent, and injected.
+    let p = pods::create(c, &ns, &sleeper("asks", true)).await?;
+    assert!(has_elector(&p), "the annotated pod was not injected");
+    let counted = testenv::e2e::webhook_admissions(c).await?;
+    assert!(
+        counted > after,
+        "the webhook's counter did not move ({after} -> {counted})"
+    );
     Ok(())
 }

@@ -228,16 +228,19 @@ fn print_summary(s: &Summary, total: Duration) {
 mod tests {
     use super::*;
 
+    /// Arguments, stdin is a terminal, `CI`, expected outcome.
+    type Case = (
+        Vec<String>,
+        bool,
+        Option<&'static str>,
+        std::result::Result<Command, String>,
+    );
+
     #[test]
     fn parse_args_table() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let run = |interactive, keep| Ok(Command::Run(Options { interactive, keep }));
-        let cases: Vec<(
-            Vec<String>,
-            bool,
-            Option<&str>,
-            std::result::Result<Command, String>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (args(&[]), true, None, run(true, false)),
             (args(&["--ci"]), true, None, run(false, false)),
             (args(&[]), false, None, run(false, false)),

@@ -1,0 +1,97 @@
+//! Shared set-up of the end-to-end tests: a real cluster with the webhook installed exactly as a
+//! user installs it (`kubectl apply -k manifests/`), and what the webhook's own metrics report.
+
+use std::time::Duration;
+
+use crate::cluster::{self, Cluster};
+use crate::error::{Result, fail};
+use crate::wait::eventually;
+use crate::workspace_root;
+
+pub const SYSTEM: &str = contract::deploy::NAMESPACE;
+pub const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Installs manifests/ and waits for the rollout and the self-provisioned caBundle.
+pub async fn install_webhook(c: &Cluster) -> Result<()> {
+    let manifests = workspace_root().join("manifests");
+    c.kubectl_ok(&["apply", "-k", &manifests.display().to_string()], None)
+        .await?;
+    let deploy = format!("deployment/{}", contract::deploy::WEBHOOK_NAME);
+    c.kubectl_ok(
+        &["-n", SYSTEM, "rollout", "status", &deploy, "--timeout=240s"],
+        None,
+    )
+    .await
+    .map_err(|e| fail("the webhook's rollout", format!("{e}\n{}", c.logs_tail(30))))?;
+    let mwc = format!(
+        "mutatingwebhookconfiguration/{}",
+        contract::deploy::WEBHOOK_CONFIGURATION
+    );
+    eventually(
+        "the caBundle in the webhook configuration",
+        TIMEOUT,
+        || async {
+            let bundle = c
+                .kubectl(
+                    &[
+                        "get",
+                        &mwc,
+                        "-o",
+                        "jsonpath={.webhooks[*].clientConfig.caBundle}",
+                    ],
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if bundle.success && bundle.stdout.trim().len() > 100 {
+                Ok(())
+            } else {
+                Err(format!("caBundle: {:?} {}", bundle.stdout, bundle.stderr))
+            }
+        },
+    )
+    .await
+}
+
+/// The shared cluster of this test binary with the webhook installed (once).
+pub async fn deployed() -> Result<&'static Cluster> {
+    static DEPLOYED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let c = cluster::shared().await?;
+    DEPLOYED.get_or_try_init(|| install_webhook(c)).await?;
+    Ok(c)
+}
+
+/// Admission reviews the webhook replicas have answered, summed over the replicas, from their
+/// own `/metrics` (read through the API server's pod proxy).
+pub async fn webhook_admissions(c: &Cluster) -> Result<u64> {
+    let pods = c
+        .kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-n",
+                SYSTEM,
+                "-l",
+                &format!("app.kubernetes.io/name={}", contract::deploy::WEBHOOK_NAME),
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+            None,
+        )
+        .await?;
+    let mut total = 0;
+    for pod in pods.split_whitespace() {
+        let path = format!(
+            "/api/v1/namespaces/{SYSTEM}/pods/https:{pod}:8443/proxy{}",
+            contract::http::METRICS_PATH
+        );
+        let text = c.kubectl_ok(&["get", "--raw", &path], None).await?;
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("leader_election_webhook_admissions_total"))
+            .filter_map(|l| l.rsplit(' ').next())
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    Ok(total)
+}
