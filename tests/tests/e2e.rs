@@ -101,6 +101,32 @@ async fn the_example_app_elects_one_leader_in_real_pods() -> Result<()> {
     })
     .await?;
 
+    // Plain text logs as `kubectl logs` shows them: no terminal colour codes, from either binary.
+    let webhook_logs = c
+        .kubectl_ok(
+            &[
+                "logs",
+                "-n",
+                testenv::e2e::SYSTEM,
+                &format!("deployment/{}", contract::deploy::WEBHOOK_NAME),
+            ],
+            None,
+        )
+        .await?;
+    let elector_logs = c
+        .kubectl_ok(
+            &["logs", "-n", &ns, &holder, "-c", contract::CONTAINER_NAME],
+            None,
+        )
+        .await?;
+    for (who, text) in [("webhook", &webhook_logs), ("elector", &elector_logs)] {
+        assert!(!text.trim().is_empty(), "the {who} logged nothing");
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour codes in the {who}'s log: {text:?}"
+        );
+    }
+
     // Every pod's app container gets the same answer from its own elector.
     let want = serde_json::json!({ "name": holder });
     for pod in &names {
@@ -208,5 +234,219 @@ async fn the_api_server_sends_only_annotated_pods_of_eligible_namespaces() -> Re
         counted > after,
         "the webhook's counter did not move ({after} -> {counted})"
     );
+    Ok(())
+}
+
+/// Applies the example into `ns` and waits for its rollout.
+async fn apply_example(c: &Cluster, ns: &str) -> Result<()> {
+    let app = workspace_root().join("tests/e2e/my-app");
+    c.kubectl_ok(&["apply", "-n", ns, "-k", &app.display().to_string()], None)
+        .await?;
+    rollout(c, ns).await
+}
+
+async fn rollout(c: &Cluster, ns: &str) -> Result<()> {
+    c.kubectl_ok(
+        &[
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            "deployment/my-app",
+            "--timeout=240s",
+        ],
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The current (not terminating) my-app pods once there are 3 and all are ready.
+async fn ready_pods(c: &Cluster, ns: &str) -> Result<Vec<serde_json::Value>> {
+    eventually("3 ready my-app pods", TIMEOUT, || async {
+        let list = json(c, &["get", "pods", "-n", ns, "-l", "app=my-app"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let items: Vec<serde_json::Value> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect();
+        if items.len() != 3 {
+            return Err(format!("{} pods", items.len()));
+        }
+        let not_ready: Vec<String> = items
+            .iter()
+            .filter(|p| {
+                p["status"]["phase"] != "Running"
+                    || ["containerStatuses", "initContainerStatuses"]
+                        .iter()
+                        .any(|k| {
+                            p["status"][*k]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|s| s["ready"] != true)
+                        })
+            })
+            .map(|p| p["metadata"]["name"].to_string())
+            .collect();
+        if not_ready.is_empty() {
+            Ok(items)
+        } else {
+            Err(format!("not ready: {not_ready:?}"))
+        }
+    })
+    .await
+}
+
+/// Waits until Lease my-app names one of `pods`.
+async fn leader_among(c: &Cluster, ns: &str, pods: &[serde_json::Value]) -> Result<String> {
+    let names: BTreeSet<String> = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    eventually("a leader among the pods", TIMEOUT, || async {
+        let lease = json(c, &["get", "lease", "my-app", "-n", ns])
+            .await
+            .map_err(|e| e.to_string())?;
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        names
+            .contains(holder)
+            .then(|| holder.to_string())
+            .ok_or_else(|| format!("holder {holder:?}, pods {names:?}"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn without_token_automount_the_app_container_has_no_token_and_the_elector_leads() -> Result<()>
+{
+    let c = deployed().await?;
+    let ns = c.create_namespace("no-token").await?;
+    c.kubectl_ok(
+        &[
+            "patch",
+            "serviceaccount",
+            "default",
+            "-n",
+            &ns,
+            "-p",
+            r#"{"automountServiceAccountToken": false}"#,
+        ],
+        None,
+    )
+    .await?;
+    apply_example(c, &ns).await?;
+    let pods = ready_pods(c, &ns).await?;
+    leader_among(c, &ns, &pods).await?;
+    for pod in &pods {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        assert_eq!(
+            pod["spec"]["serviceAccountName"], "default",
+            "{name} keeps its ServiceAccount"
+        );
+        // Inside the running app container, as the kubelet mounted it.
+        let ls = c
+            .kubectl(
+                &[
+                    "exec",
+                    "-n",
+                    &ns,
+                    name,
+                    "-c",
+                    "app",
+                    "--",
+                    "ls",
+                    "/var/run/secrets/kubernetes.io/serviceaccount",
+                ],
+                None,
+            )
+            .await?;
+        assert!(
+            !ls.success && ls.stderr.contains("No such file or directory"),
+            "{name}: the app container has a token directory: {} {}",
+            ls.stdout,
+            ls.stderr
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn workload_annotations_on_the_real_cluster() -> Result<()> {
+    let c = deployed().await?;
+    let ns = c.create_namespace("workload").await?;
+    apply_example(c, &ns).await?;
+
+    // A bad value on the Deployment is refused, with the webhook's message.
+    let bad = c
+        .kubectl(
+            &[
+                "annotate",
+                "-n",
+                &ns,
+                "deployment",
+                "my-app",
+                "leader-election/lease-duration=soon",
+            ],
+            None,
+        )
+        .await?;
+    assert!(!bad.success, "a bad annotation was accepted");
+    assert!(
+        bad.stderr.contains("leader-election/lease-duration"),
+        "the refusal names the annotation: {}",
+        bad.stderr
+    );
+
+    // native-sidecar: never — the elector is a regular container, and it still elects.
+    c.kubectl_ok(
+        &["patch", "-n", &ns, "deployment", "my-app", "--type=merge", "-p",
+          r#"{"spec":{"template":{"metadata":{"annotations":{"leader-election/native-sidecar":"never"}}}}}"#],
+        None,
+    )
+    .await?;
+    rollout(c, &ns).await?;
+    let pods = ready_pods(c, &ns).await?;
+    for pod in &pods {
+        let regular = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == contract::CONTAINER_NAME);
+        let init = pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == contract::CONTAINER_NAME);
+        assert!(
+            regular && !init,
+            "{}: {:#}",
+            pod["metadata"]["name"],
+            pod["spec"]
+        );
+    }
+    leader_among(c, &ns, &pods).await?;
+
+    // Removing the annotation rolls out pods without the elector.
+    c.kubectl_ok(
+        &["patch", "-n", &ns, "deployment", "my-app", "--type=json", "-p",
+          r#"[{"op":"remove","path":"/spec/template/metadata/annotations/leader-election~1enabled"}]"#],
+        None,
+    )
+    .await?;
+    rollout(c, &ns).await?;
+    let pods = ready_pods(c, &ns).await?;
+    for pod in &pods {
+        let containers: Vec<&str> = ["containers", "initContainers"]
+            .iter()
+            .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(containers, ["app"], "{}", pod["metadata"]["name"]);
+    }
     Ok(())
 }
