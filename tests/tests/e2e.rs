@@ -264,9 +264,12 @@ async fn rollout(c: &Cluster, ns: &str) -> Result<()> {
 /// The current (not terminating) my-app pods once there are 3 and all are ready.
 async fn ready_pods(c: &Cluster, ns: &str) -> Result<Vec<serde_json::Value>> {
     eventually("3 ready my-app pods", TIMEOUT, || async {
-        let list = json(c, &["get", "pods", "-n", ns, "-l", "app=my-app"])
-            .await
-            .map_err(|e| e.to_string())?;
+        let list = json(
+            c,
+            &["get", "pods", "-n", ns, "-l", "app=my-app", "-o", "json"],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let items: Vec<serde_json::Value> = list["items"]
             .as_array()
             .into_iter()
@@ -309,7 +312,7 @@ async fn leader_among(c: &Cluster, ns: &str, pods: &[serde_json::Value]) -> Resu
         .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
         .collect();
     eventually("a leader among the pods", TIMEOUT, || async {
-        let lease = json(c, &["get", "lease", "my-app", "-n", ns])
+        let lease = json(c, &["get", "lease", "my-app", "-n", ns, "-o", "json"])
             .await
             .map_err(|e| e.to_string())?;
         let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
