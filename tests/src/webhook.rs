@@ -97,7 +97,10 @@ impl Webhook {
             &serve_args(addr, args),
             &[
                 ("KUBECONFIG", kubeconfig.display().to_string()),
-                ("RUST_LOG", "info".to_string()),
+                (
+                    "RUST_LOG",
+                    std::env::var("WEBHOOK_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
+                ),
             ],
             log_dir,
         )?;

@@ -112,7 +112,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ))
     })?;
     let url = kube_config.cluster_url.to_string();
-    let client = kube::Client::try_from(kube_config).map_err(Error::Client)?;
+    let client = kube::Client::try_from(kube_config.clone()).map_err(Error::Client)?;
     let cluster = Arc::new(KubeCluster::new(client.clone()));
     let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(CertResolver::default());
@@ -188,7 +188,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let election = if args.controller {
         let identity = args.identity.clone();
         let e = Election::start(
-            client.clone(),
+            kube_config.clone(),
             ElectionConfig {
                 namespace: args.namespace.clone(),
                 lease: args.controller_lease.clone(),

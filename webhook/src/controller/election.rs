@@ -30,8 +30,10 @@ pub struct Election {
 
 impl Election {
     /// Starts electing on a thread of its own: the elector's runner is a single-threaded state
-    /// machine (its futures are not `Send`), as in the sidecar.
-    pub fn start(client: kube::Client, cfg: ElectionConfig) -> std::io::Result<Self> {
+    /// machine (its futures are not `Send`), as in the sidecar. The thread makes its own client
+    /// from `config`: a client shared across runtimes pools connections whose tasks live on the
+    /// other runtime, and the controller's requests stalled on them.
+    pub fn start(config: kube::Config, cfg: ElectionConfig) -> std::io::Result<Self> {
         let (role_tx, leading) = watch::channel(false);
         let (stop, signals) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
@@ -48,6 +50,13 @@ impl Election {
                     }
                 };
                 rt.block_on(async move {
+                    let client = match kube::Client::try_from(config) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(error = %e, "controller election cannot start");
+                            return;
+                        }
+                    };
                     let store = KubeStore::new(
                         client,
                         cfg.url.clone(),

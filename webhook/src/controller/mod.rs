@@ -89,12 +89,12 @@ impl Context {
     /// Waits until every cache holds a full list, so no decision is taken on a partial view
     /// (e.g. a Role shrunk because the pods were not listed yet).
     pub async fn ready(&self) {
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.deployments.wait_until_ready().await;
-        let _ = self.statefulsets.wait_until_ready().await;
-        let _ = self.leases.wait_until_ready().await;
-        let _ = self.roles.wait_until_ready().await;
-        let _ = self.bindings.wait_until_ready().await;
+        filled("pods", self.pods.wait_until_ready()).await;
+        filled("deployments", self.deployments.wait_until_ready()).await;
+        filled("statefulsets", self.statefulsets.wait_until_ready()).await;
+        filled("leases", self.leases.wait_until_ready()).await;
+        filled("roles", self.roles.wait_until_ready()).await;
+        filled("rolebindings", self.bindings.wait_until_ready()).await;
     }
 
     /// A Warning event on `about`; a failure to publish it is logged, not returned.
@@ -312,6 +312,35 @@ fn log_result<K: Resource>(r: RunResult<K>) -> futures::future::Ready<()> {
     futures::future::ready(())
 }
 
+/// A reflector's events: an error (a failing list or watch, retried with backoff) is said, as
+/// the store stays unready and no reconcile runs meanwhile.
+fn log_watch<K>(event: std::result::Result<K, watcher::Error>) -> futures::future::Ready<()> {
+    if let Err(e) = event {
+        tracing::warn!(error = %e, "controller watch failed; retrying");
+    }
+    futures::future::ready(())
+}
+
+/// Waits for one cache's first full list, saying so once if it takes long (nothing is
+/// reconciled meanwhile). The wait is polled again every second: with several reconciles
+/// waiting at once, a waiter could miss the wake-up when the cache filled and hang until the
+/// next resync (seen on a real API server: the Role came 20 s late, or not at all); a re-poll
+/// sees the cache filled.
+async fn filled<F: std::future::Future>(cache: &str, wait: F) {
+    tokio::pin!(wait);
+    let started = std::time::Instant::now();
+    let mut said = false;
+    while tokio::time::timeout(Duration::from_secs(1), &mut wait)
+        .await
+        .is_err()
+    {
+        if !said && started.elapsed() >= Duration::from_secs(20) {
+            tracing::warn!(cache, "cache not filled after 20 s; reconciles wait for it");
+            said = true;
+        }
+    }
+}
+
 /// Runs every reconciler until the future is dropped (leadership lost or shutdown).
 pub async fn run(client: kube::Client, cfg: ControllerConfig) {
     let all = watcher::Config::default();
@@ -327,13 +356,13 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig) {
         watcher(Api::<Role>::all(client.clone()), managed.clone()),
     )
     .default_backoff()
-    .for_each(|_| futures::future::ready(()));
+    .for_each(log_watch);
     let bindings_stream = reflector::reflector(
         bindings_w,
         watcher(Api::<RoleBinding>::all(client.clone()), managed),
     )
     .default_backoff()
-    .for_each(|_| futures::future::ready(()));
+    .for_each(log_watch);
     let ctx = Arc::new(Context::new(
         client,
         Stores {
@@ -376,15 +405,22 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig) {
         .for_each(log_result);
     let certs = keep_certificate(ctx.client.clone(), cfg.certs.clone(), cfg.resync);
     tracing::info!("controller running");
-    futures::join!(
-        certs,
-        pods,
-        deployments,
-        statefulsets,
-        leases,
-        roles_stream,
-        bindings_stream
-    );
+    // A task each, so one busy or stalled loop never holds up the others (in one task, a stream
+    // that is always ready starves its neighbours). Dropping the set aborts them all: the
+    // controller stops with this future.
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(certs);
+    loops.spawn(pods);
+    loops.spawn(deployments);
+    loops.spawn(statefulsets);
+    loops.spawn(leases);
+    loops.spawn(roles_stream);
+    loops.spawn(bindings_stream);
+    while let Some(done) = loops.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a controller loop ended");
+        }
+    }
 }
 
 #[cfg(test)]
