@@ -351,6 +351,38 @@ pub fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Starts `testenv-hold` (`bin`, with `args`) and waits up to `timeout` for the one JSON line it
+/// prints once what it holds runs; returns the child (for the caller to kill) and that line.
+pub async fn start_hold(
+    bin: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(Child, serde_json::Value)> {
+    let what = format!("testenv-hold {}", args.join(" "));
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| crate::fail(format!("starting {what}"), e.to_string()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| crate::fail(&what, "no stdout"))?;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    });
+    let line = tokio::time::timeout(timeout, line)
+        .await
+        .map_err(|_| crate::fail(&what, format!("nothing held within {timeout:?}")))?
+        .map_err(|e| crate::fail(&what, e.to_string()))?
+        .map_err(|e| crate::fail(format!("reading {what}'s stdout"), e.to_string()))?;
+    let info = serde_json::from_str(&line)
+        .map_err(|e| crate::fail(format!("{what}'s line"), format!("{e}: {line:?}")))?;
+    Ok((child, info))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

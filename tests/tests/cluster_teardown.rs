@@ -3,8 +3,6 @@
 //! or its test process is SIGKILLed (the watchdog tears it down). The two tests run at once,
 //! so they also show two clusters running side by side.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use testenv::cluster::config::Slot;
@@ -77,27 +75,12 @@ async fn a_stopped_cluster_leaves_nothing_behind() -> Result<()> {
 #[tokio::test]
 async fn a_sigkilled_test_process_leaves_nothing_behind() -> Result<()> {
     let host_before = footprint::host_network();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_testenv-hold"))
-        .arg("--node")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| fail("starting testenv-hold --node", e.to_string()))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| fail("testenv-hold", "no stdout"))?;
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    });
-    let line = tokio::time::timeout(Duration::from_secs(420), line)
-        .await
-        .map_err(|_| fail("testenv-hold --node", "no cluster within 420s"))?
-        .map_err(|e| fail("testenv-hold --node", e.to_string()))?
-        .map_err(|e| fail("reading testenv-hold's stdout", e.to_string()))?;
-    let info: serde_json::Value = serde_json::from_str(&line)
-        .map_err(|e| fail("testenv-hold's line", format!("{e}: {line:?}")))?;
+    let (mut child, info) = testenv::procs::start_hold(
+        env!("CARGO_BIN_EXE_testenv-hold").as_ref(),
+        &["--node"],
+        Duration::from_secs(420),
+    )
+    .await?;
     let state = info["state"].as_str().unwrap_or_default().to_string();
     let index: u8 = state
         .rsplit_once("cluster-")

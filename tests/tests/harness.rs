@@ -1,8 +1,6 @@
 //! The harness itself against the real control plane: it starts, the controller-manager does
 //! its work (tokens, ReplicaSets, Pods), RBAC is real, and nothing outlives a killed test process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -108,26 +106,12 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test]
 async fn nothing_survives_a_sigkilled_test_process() -> Result<()> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_testenv-hold"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| fail("starting testenv-hold", e.to_string()))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| fail("testenv-hold", "no stdout"))?;
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    });
-    let line = tokio::time::timeout(Duration::from_secs(300), line)
-        .await
-        .map_err(|_| fail("testenv-hold", "no control plane within 300s"))?
-        .map_err(|e| fail("testenv-hold", e.to_string()))?
-        .map_err(|e| fail("reading testenv-hold's stdout", e.to_string()))?;
-    let info: serde_json::Value = serde_json::from_str(&line)
-        .map_err(|e| fail("testenv-hold's line", format!("{e}: {line:?}")))?;
+    let (mut child, info) = testenv::procs::start_hold(
+        env!("CARGO_BIN_EXE_testenv-hold").as_ref(),
+        &[],
+        Duration::from_secs(300),
+    )
+    .await?;
     let pids: Vec<u32> = info["pids"]
         .as_array()
         .into_iter()
