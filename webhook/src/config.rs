@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::settings::NativeMode;
+use crate::admission::settings::NativeMode;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -2,8 +2,8 @@
 //! propagates `leader-election/*` annotations from Deployments and StatefulSets to their pod
 //! templates.
 //!
-//! Pure logic lives in [`settings`] and [`patch`]; API calls go through [`cluster::Cluster`];
-//! [`admission`] answers one review; [`server`] serves the routes over TLS.
+//! Pure logic lives in [`admission`] (settings, the pod patch, propagation; it answers one
+//! review); API calls go through [`cluster::Cluster`]; [`server`] serves the routes over TLS.
 
 pub mod admission;
 pub mod certs;
@@ -13,11 +13,9 @@ pub mod controller;
 pub mod error;
 pub mod fake;
 pub mod metrics;
-pub mod patch;
 pub mod provision;
 pub mod rbac;
 pub mod server;
-pub mod settings;
 pub mod tls;
 
 use std::process::ExitCode;
@@ -27,6 +25,7 @@ use std::sync::atomic::Ordering;
 use base64::Engine;
 use clap::Parser;
 
+use crate::admission::settings::NativeMode;
 use crate::admission::{AppState, InjectConfig};
 use crate::cluster::KubeCluster;
 use crate::config::{CertsArgs, Cli, Command, LogFormat, ServeArgs};
@@ -35,7 +34,6 @@ use crate::controller::election::{Election, ElectionConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::provision::ReplicaCerts;
-use crate::settings::NativeMode;
 use crate::tls::{CertResolver, FileSource};
 
 /// Entry point of the `webhook` binary.

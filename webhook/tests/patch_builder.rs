@@ -4,8 +4,9 @@
 use contract::annotations as ann;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use webhook::patch::{self, Inspection, PodContext, SkipReason};
-use webhook::settings::NativeMode;
+use webhook::admission::patch::{self, Inspection, PodContext, SkipReason};
+use webhook::admission::propagate;
+use webhook::admission::settings::NativeMode;
 
 const IMAGE: &str = "example.test/elector:1";
 
@@ -624,14 +625,16 @@ fn deployment(meta_annotations: Value, template_annotations: Option<Value>) -> V
     })
 }
 
-fn workload(input: &Value) -> Result<(Value, webhook::patch::WorkloadMutation), String> {
-    let m = patch::mutate_workload(input).map_err(|d| d.0)?;
+fn workload(
+    input: &Value,
+) -> Result<(Value, webhook::admission::propagate::WorkloadMutation), String> {
+    let m = propagate::mutate_workload(input).map_err(|d| d.0)?;
     let mut out = input.clone();
     if let Some(p) = &m.patch {
         json_patch::patch(&mut out, p).map_err(|e| e.to_string())?;
     }
     // Idempotent: the result needs no further change.
-    let again = patch::mutate_workload(&out).map_err(|d| d.0)?;
+    let again = propagate::mutate_workload(&out).map_err(|d| d.0)?;
     assert!(
         again.patch.is_none(),
         "second pass changed {:?}",
@@ -687,7 +690,7 @@ fn template_annotations_the_user_set_are_theirs() {
         json!({"leader-election/enabled": "true"}),
         Some(json!({"leader-election/enabled": "true", "keep": "me"})),
     );
-    let m = patch::mutate_workload(&input).unwrap();
+    let m = propagate::mutate_workload(&input).unwrap();
     assert!(m.patch.is_none(), "nothing to change, no rollout");
 
     // Removing it from the workload leaves the template's own value alone.
@@ -695,7 +698,7 @@ fn template_annotations_the_user_set_are_theirs() {
         json!({}),
         Some(json!({"leader-election/enabled": "true", "keep": "me"})),
     );
-    assert!(patch::mutate_workload(&input).unwrap().patch.is_none());
+    assert!(propagate::mutate_workload(&input).unwrap().patch.is_none());
 
     // A different value on the workload wins and is recorded as propagated.
     let input = deployment(
@@ -784,7 +787,7 @@ fn a_bad_template_annotation_is_warned_about_on_the_workload() {
         json!({}),
         Some(json!({"leader-election/enabled": "true", "leader-election/port": "80"})),
     );
-    let m = patch::mutate_workload(&input).unwrap();
+    let m = propagate::mutate_workload(&input).unwrap();
     assert!(m.patch.is_none());
     assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
     assert!(
@@ -794,5 +797,10 @@ fn a_bad_template_annotation_is_warned_about_on_the_workload() {
     );
     // A fine template gets no warning.
     let input = deployment(json!({}), Some(json!({"leader-election/enabled": "true"})));
-    assert!(patch::mutate_workload(&input).unwrap().warnings.is_empty());
+    assert!(
+        propagate::mutate_workload(&input)
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
 }

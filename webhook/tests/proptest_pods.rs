@@ -4,8 +4,8 @@
 use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use webhook::patch::{self, PodContext};
-use webhook::settings::NativeMode;
+use webhook::admission::patch::{self, PodContext};
+use webhook::admission::settings::NativeMode;
 
 fn maybe<T: std::fmt::Debug + Clone + 'static>(
     s: impl Strategy<Value = T> + 'static,

@@ -71,11 +71,14 @@ async fn automount_off_gets_a_token_volume_for_the_elector() {
     let (r, pod) = admit(&app, "pod-automount-off.json").await;
     assert!(r.response.allowed);
     let vols = pod["spec"]["volumes"].as_array().expect("volumes created");
-    assert_eq!(vols[0]["name"], webhook::patch::API_ACCESS_VOLUME);
+    assert_eq!(
+        vols[0]["name"],
+        webhook::admission::patch::API_ACCESS_VOLUME
+    );
     let e = container(&pod, contract::CONTAINER_NAME).unwrap();
     assert_eq!(
         e["volumeMounts"][0]["mountPath"],
-        webhook::patch::SERVICE_ACCOUNT_MOUNT
+        webhook::admission::patch::SERVICE_ACCOUNT_MOUNT
     );
     assert!(
         container(&pod, "nginx")

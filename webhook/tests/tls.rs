@@ -10,11 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use webhook::admission::settings::NativeMode;
 use webhook::admission::{AppState, InjectConfig};
 use webhook::certs::{self, CertBundle};
 use webhook::fake::FakeCluster;
 use webhook::metrics::Metrics;
-use webhook::settings::NativeMode;
 use webhook::tls::{CertResolver, FileSource};
 
 const DAY: Duration = Duration::from_secs(86_400);

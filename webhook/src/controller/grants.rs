@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use crate::patch;
-use crate::settings;
+use crate::admission::patch;
+use crate::admission::settings;
 
 /// Label on every object the controller creates; its watches select on it.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";

@@ -186,7 +186,7 @@ fn label_candidates(ctx: &Context, namespace: &str, lease: &str) -> leader_label
             p.namespace().as_deref() == Some(namespace)
                 && p.metadata.deletion_timestamp.is_none()
                 && leader_label::wants_label(p)
-                && crate::patch::injected_lease(p).as_deref() == Some(lease)
+                && crate::admission::patch::injected_lease(p).as_deref() == Some(lease)
         })
         .into_iter()
         .map(|p| {

@@ -16,8 +16,8 @@ use kube_runtime::reflector::ObjectRef;
 
 use super::grants::{self, Desired, Owner};
 use super::{Context, api_err};
+use crate::admission::patch;
 use crate::error::{ApiError, Result};
-use crate::patch;
 
 /// Field manager of the controller's server-side applies.
 pub const FIELD_MANAGER: &str = "leader-election-webhook";

@@ -10,10 +10,10 @@ use axum::http::{Request, StatusCode};
 use base64::Engine;
 use serde_json::Value;
 use tower::ServiceExt;
+use webhook::admission::settings::NativeMode;
 use webhook::admission::{AppState, InjectConfig, ReviewResponse};
 use webhook::fake::FakeCluster;
 use webhook::metrics::Metrics;
-use webhook::settings::NativeMode;
 use webhook::tls::CertResolver;
 
 pub const MAX_BODY: usize = 256 * 1024;

@@ -12,10 +12,11 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use crate::admission::patch::{self, Inspection, PodContext};
+use crate::admission::propagate;
+use crate::admission::settings::NativeMode;
 use crate::cluster::{Cluster, NativeSupport};
 use crate::metrics::{Metrics, Outcome};
-use crate::patch::{self, Inspection, PodContext};
-use crate::settings::NativeMode;
 use crate::tls::CertResolver;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -316,7 +317,7 @@ fn workload(uid: &str, object: &DynamicObject) -> (Outcome, ResponseBody) {
             );
         }
     };
-    match patch::mutate_workload(&value) {
+    match propagate::mutate_workload(&value) {
         Err(d) => {
             tracing::info!(reason = %d, "workload refused");
             (Outcome::Denied, ResponseBody::deny(uid, 403, d.0))

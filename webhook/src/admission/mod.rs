@@ -1,0 +1,14 @@
+//! Admission: pure functions from one AdmissionReview (and cached, read-only cluster facts) to
+//! its answer. Nothing here writes to the API server.
+//!
+//! - [`settings`]: the `leader-election/*` annotations, parsed and validated;
+//! - [`patch`]: the pod patch (the elector container, env, token volume);
+//! - [`propagate`]: the workload patch (annotations copied into the pod template);
+//! - [`review`]: decoding a review and turning the outcome into its response.
+
+pub mod patch;
+pub mod propagate;
+pub mod review;
+pub mod settings;
+
+pub use review::*;
