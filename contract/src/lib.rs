@@ -140,6 +140,9 @@ pub const SERVICE_ACCOUNT: &str = "leader-elector";
 /// ClusterRole shipped in `manifests/` for running the elector without the webhook (leases of a
 /// namespace). Injected electors get a per-workload Role from the webhook's controller instead.
 pub const CLUSTER_ROLE: &str = "leader-election:elector";
+/// Prefix of the per-workload Role and RoleBinding the webhook's controller creates for injected
+/// electors: `leader-election-<kind>-<workload name>` (e.g. `leader-election-deployment-my-app`).
+pub const GRANT_PREFIX: &str = "leader-election-";
 /// A RoleBinding name to [`CLUSTER_ROLE`] for running the elector by hand.
 pub const ROLE_BINDING: &str = "leader-election:elector";
 /// No longer shipped nor bound: electors get no pods permission (the webhook's controller keeps

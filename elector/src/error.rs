@@ -19,10 +19,20 @@ pub enum StoreError {
     #[error("watch resourceVersion too old (410 Gone); re-listing")]
     Gone,
     #[error(
-        "forbidden: the elector may not {verb} {LEASES} in namespace \"{namespace}\"; bind its \
-         ServiceAccount to ClusterRole \"{cluster_role}\" with a RoleBinding in \"{namespace}\" \
-         (kubectl -n {namespace} create rolebinding {cluster_role} --clusterrole={cluster_role} \
-         --serviceaccount={namespace}:<serviceaccount>). API server said: {message}",
+        "forbidden: the elector may not {verb} {LEASES} in namespace \"{namespace}\". If the \
+         leader-election webhook injected it, the webhook's controller grants this with a Role \
+         and RoleBinding named {prefix}<kind>-<workload> in \"{namespace}\" (resourceNames: this \
+         Lease; subjects: the pod's ServiceAccount): check that they exist and name this Lease \
+         and ServiceAccount (kubectl -n {namespace} get role,rolebinding -o yaml), that the \
+         workload's events show no reconcile error (kubectl -n {namespace} get events) and that \
+         the controller runs (kubectl -n {system} logs deployment/{webhook}). If you run the \
+         elector yourself, bind its ServiceAccount to ClusterRole \"{cluster_role}\" from \
+         manifests/base/elector-clusterrole.yaml (kubectl -n {namespace} create rolebinding \
+         {cluster_role} --clusterrole={cluster_role} --serviceaccount={namespace}:<serviceaccount>). \
+         API server said: {message}",
+        prefix = contract::GRANT_PREFIX,
+        system = contract::deploy::NAMESPACE,
+        webhook = contract::deploy::WEBHOOK_NAME,
         cluster_role = contract::CLUSTER_ROLE
     )]
     Forbidden {
@@ -376,10 +386,24 @@ mod tests {
             "create",
             "leases",
             "team-a",
-            contract::CLUSTER_ROLE,
+            // Injected electors: the controller's per-workload Role and RoleBinding.
+            "Role and RoleBinding named leader-election-<kind>-<workload> in \"team-a\"",
+            "kubectl -n team-a get role,rolebinding",
+            "kubectl -n leader-election-system logs deployment/leader-election-webhook",
+            // A hand-wired elector: the shipped ClusterRole.
+            "manifests/base/elector-clusterrole.yaml",
+            "--clusterrole=leader-election:elector",
+            "API server said: leases is forbidden",
         ] {
             assert!(line.contains(want), "{want} missing in {line}");
         }
+        // The per-workload name is the one the controller gives its grants.
+        assert!(line.contains(&format!("{}<kind>", contract::GRANT_PREFIX)));
+        // It no longer sends injected pods to the ClusterRole first.
+        assert!(
+            line.find("Role and RoleBinding") < line.find(contract::CLUSTER_ROLE),
+            "{line}"
+        );
     }
 
     #[test]

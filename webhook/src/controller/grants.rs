@@ -58,7 +58,8 @@ impl Owner {
     /// Name of the unit's Role and RoleBinding: `leader-election-<kind>-<name>`.
     pub fn grant_name(&self) -> String {
         let mut n = format!(
-            "leader-election-{}-{}",
+            "{}{}-{}",
+            contract::GRANT_PREFIX,
             self.kind.to_ascii_lowercase(),
             self.name
         );
