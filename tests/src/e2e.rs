@@ -95,3 +95,39 @@ pub async fn webhook_admissions(c: &Cluster) -> Result<u64> {
     }
     Ok(total)
 }
+
+/// What the elector answers to `GET /` (`{"name":"<leader>"}`) in pod `namespace/pod`, asked
+/// from its app container as a user would: `kubectl exec <pod> -c app -- wget -qO-
+/// localhost:4040`. The error says which pod and why (exec failed, or not JSON).
+pub async fn elector_answer(
+    c: &Cluster,
+    namespace: &str,
+    pod: &str,
+) -> std::result::Result<serde_json::Value, String> {
+    let port = contract::http::DEFAULT_PORT.to_string();
+    let url = format!("localhost:{port}");
+    let out = c
+        .kubectl(
+            &[
+                "exec", "-n", namespace, pod, "-c", "app", "--", "wget", "-qO-", &url,
+            ],
+            None,
+        )
+        .await
+        .map_err(|e| format!("{pod}: {e}"))?;
+    if !out.success {
+        return Err(format!("{pod}: GET {url}: {}", out.stderr.trim()));
+    }
+    serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("{pod}: GET {url} answered {:?}: {e}", out.stdout))
+}
+
+/// The leader's name in [`elector_answer`] (empty when there is none).
+pub async fn elector_leader(
+    c: &Cluster,
+    namespace: &str,
+    pod: &str,
+) -> std::result::Result<String, String> {
+    let v = elector_answer(c, namespace, pod).await?;
+    Ok(v["name"].as_str().unwrap_or_default().to_string())
+}

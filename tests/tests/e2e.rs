@@ -130,25 +130,9 @@ async fn the_example_app_elects_one_leader_in_real_pods() -> Result<()> {
     // Every pod's app container gets the same answer from its own elector.
     let want = serde_json::json!({ "name": holder });
     for pod in &names {
-        let answer = c
-            .kubectl_ok(
-                &[
-                    "exec",
-                    "-n",
-                    &ns,
-                    pod,
-                    "-c",
-                    "app",
-                    "--",
-                    "wget",
-                    "-qO-",
-                    "localhost:4040",
-                ],
-                None,
-            )
-            .await?;
-        let answer: serde_json::Value = serde_json::from_str(answer.trim())
-            .map_err(|e| fail(format!("GET / in {pod}"), format!("{e}: {answer:?}")))?;
+        let answer = testenv::e2e::elector_answer(c, &ns, pod)
+            .await
+            .map_err(|e| fail("GET localhost:4040", e))?;
         assert_eq!(answer, want, "GET localhost:4040 in {pod}");
         if *pod != holder {
             let app = c
