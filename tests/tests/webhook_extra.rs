@@ -306,6 +306,13 @@ async fn what_the_api_server_sends_the_webhook() -> Result<()> {
     );
     assert_eq!(req["dryRun"], false);
     save("pod-generatename.json", &r)?;
+    // An unannotated pod is never sent (matchConditions, below); the webhook must still admit
+    // one unchanged if an API server without them sends it: the same review, annotation gone.
+    let mut plain_review = r.clone();
+    if let Some(a) = plain_review["request"]["object"]["metadata"]["annotations"].as_object_mut() {
+        a.remove(contract::annotations::ENABLED);
+    }
+    save("pod-not-annotated.json", &plain_review)?;
 
     let r = captured(&reviews, "own-sa's pod", |r| {
         owned_by_replicaset_of(r, "own-sa")
