@@ -18,7 +18,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 STATE=/run/leader-election-testenv
-PIDFILE=$STATE/demo.pid
+# One kept demo per checkout: `down` finds the one this checkout started (other checkouts on the
+# same machine keep theirs).
+checkout=$(pwd -P | sha256sum | cut -c1-12)
+PIDFILE=$STATE/demo-$checkout.pid
+LOG=$STATE/demo-$checkout.log
 keep=false
 args=()
 for arg in "$@"; do
@@ -38,7 +42,8 @@ die() { printf 'demo.sh: %s\n' "$*" >&2; exit 1; }
 down() {
   [ -f "$PIDFILE" ] || { say "no kept demo cluster"; return 0; }
   pid=$(cat "$PIDFILE")
-  if kill -0 "$pid" 2>/dev/null; then
+  # Only our demo: a stale file's pid may belong to another process by now.
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q '/demo --ci --keep'; then
     say "stopping the kept demo (pid $pid) and removing its cluster"
     kill -TERM "$pid"
     for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
@@ -70,7 +75,7 @@ fi
 
 # --keep: the demo process holds the cluster, detached from this terminal, until `down`.
 mkdir -p "$STATE"
-log=$STATE/demo.log
+log=$LOG
 setsid nohup "$demo" --ci --keep >"$log" 2>&1 </dev/null &
 pid=$!
 echo "$pid" >"$PIDFILE"

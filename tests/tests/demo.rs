@@ -28,8 +28,21 @@ struct Demo {
 
 impl Demo {
     fn start(args: &[&str]) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
-            .args(args)
+        Demo::spawn(Command::new(env!("CARGO_BIN_EXE_demo")).args(args))
+    }
+
+    /// `./demo.sh args…` from the workspace root, as a user runs it.
+    fn script(args: &[&str]) -> Demo {
+        Demo::spawn(
+            Command::new("bash")
+                .arg(testenv::workspace_root().join("demo.sh"))
+                .args(args)
+                .current_dir(testenv::workspace_root()),
+        )
+    }
+
+    fn spawn(cmd: &mut Command) -> Demo {
+        let mut child = cmd
             .env_remove("CI")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -133,6 +146,15 @@ fn assert_cleaned_up(slot: &Slot, output: &str) {
     }
 }
 
+fn last_step() -> String {
+    let n = testenv::demo::steps::STEPS;
+    format!("Step {n}/{n}")
+}
+
+fn crash_step() -> String {
+    format!("Step 6/{}", testenv::demo::steps::STEPS)
+}
+
 #[test]
 fn demo_runs_end_to_end_in_ci_mode_and_cleans_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -144,7 +166,7 @@ fn demo_runs_end_to_end_in_ci_mode_and_cleans_up() {
     // The demo exits non-zero as soon as one of its checks (made from what the cluster reports)
     // fails; the step headings only show how far it got.
     assert_eq!(code, Some(0), "exit code\n{output}");
-    assert!(output.contains("Step 7/7"), "{output}");
+    assert!(output.contains(&last_step()), "{output}");
     assert_cleaned_up(&slot, &output);
 }
 
@@ -155,7 +177,7 @@ fn sigint_mid_run_stops_everything() {
     let mut demo = Demo::start(&["--ci"]);
     let slot = slot(&demo.wait_for_line(testenv::demo::STATE_LINE, deadline));
     // The crash step waits about a lease duration: webhook, pods and electors all up.
-    demo.wait_for_line("Step 6/7", deadline);
+    demo.wait_for_line(&crash_step(), deadline);
     let running = Footprint::of(&slot);
     assert!(
         !running.processes.is_empty() && !running.mounts.is_empty(),
@@ -169,9 +191,138 @@ fn sigint_mid_run_stops_everything() {
     let output = demo.output();
     assert_eq!(code, Some(130), "exit code after SIGINT\n{output}");
     assert!(
-        output.contains("Interrupted by SIGINT during Step 6/7"),
+        output.contains(&format!("Interrupted by SIGINT during {}", crash_step())),
         "{output}"
     );
     assert!(!output.contains("== Summary"), "{output}");
     assert_cleaned_up(&slot, &output);
+}
+
+/// Runs `./demo.sh down` when dropped, so a failed check never leaves a kept cluster behind.
+struct Down;
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(testenv::workspace_root().join("demo.sh"))
+            .arg("down")
+            .current_dir(testenv::workspace_root())
+            .status();
+    }
+}
+
+/// `kubectl args…` with the KUBECONFIG `./demo.sh --keep` printed (never the user's own).
+fn kubectl_with(kubeconfig: &str, args: &[&str]) -> std::process::Output {
+    Command::new(testenv::control_plane::kubectl_path().expect("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("HOME")
+        .output()
+        .expect("running kubectl")
+}
+
+#[test]
+fn demo_sh_keep_leaves_a_working_cluster_and_down_removes_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // ./demo.sh also runs provision.sh, images/build.sh and cargo build (up to date here).
+    let deadline = Instant::now() + RUN_TIMEOUT + Duration::from_secs(600);
+    let down = Down;
+    let mut demo = Demo::script(&["--keep"]);
+    let slot = slot(&demo.wait_for_line(testenv::demo::STATE_LINE, deadline));
+    let code = demo.wait(deadline);
+    let output = demo.output();
+    assert_eq!(code, Some(0), "./demo.sh --keep\n{output}");
+    eprintln!("{output}");
+    assert!(output.contains(&last_step()), "{output}");
+    let kubeconfig = output
+        .lines()
+        .find_map(|l| l.split_once("export KUBECONFIG=").map(|(_, p)| p.trim()))
+        .unwrap_or_else(|| panic!("no KUBECONFIG line\n{output}"))
+        .to_string();
+
+    // The script has exited; the cluster still answers, with the demo's pods on it.
+    let nodes = kubectl_with(&kubeconfig, &["get", "nodes", "-o", "json"]);
+    assert!(
+        nodes.status.success(),
+        "kubectl get nodes with the printed KUBECONFIG: {}",
+        String::from_utf8_lossy(&nodes.stderr)
+    );
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).expect("nodes JSON");
+    let ready = nodes["items"][0]["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    assert!(ready, "the kept node is not Ready: {nodes:#}");
+    let pods = kubectl_with(
+        &kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-n",
+            testenv::demo::steps::NAMESPACE,
+            "-l",
+            "app=my-app",
+            "-o",
+            "json",
+        ],
+    );
+    let pods: serde_json::Value = serde_json::from_slice(&pods.stdout).expect("pods JSON");
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 3, "the example's pods on the kept cluster");
+    for p in &items {
+        assert_eq!(
+            testenv::cluster::pods::not_ready(p),
+            None,
+            "on the kept cluster"
+        );
+    }
+    let lease = kubectl_with(
+        &kubeconfig,
+        &[
+            "get",
+            "lease",
+            testenv::demo::steps::APP,
+            "-n",
+            testenv::demo::steps::NAMESPACE,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    );
+    let holder = String::from_utf8_lossy(&lease.stdout).to_string();
+    assert!(
+        items
+            .iter()
+            .any(|p| p["metadata"]["name"] == holder.as_str()),
+        "the kept Lease names {holder:?}"
+    );
+    assert!(
+        !Footprint::of(&slot).processes.is_empty(),
+        "nothing of the cluster runs after --keep"
+    );
+
+    // `./demo.sh down` removes it all.
+    let mut down_run = Demo::script(&["down"]);
+    let code = down_run.wait(Instant::now() + Duration::from_secs(400));
+    let down_output = down_run.output();
+    assert_eq!(code, Some(0), "./demo.sh down\n{down_output}");
+    assert!(down_output.contains("removed"), "{down_output}");
+    assert_cleaned_up(&slot, &format!("{output}\n{down_output}"));
+    let gone = kubectl_with(&kubeconfig, &["get", "nodes", "--request-timeout=5s"]);
+    assert!(
+        !gone.status.success(),
+        "the cluster still answers after down"
+    );
+    // A second `down` has nothing to do.
+    let mut again = Demo::script(&["down"]);
+    assert_eq!(
+        again.wait(Instant::now() + Duration::from_secs(60)),
+        Some(0)
+    );
+    assert!(
+        again.output().contains("no kept demo cluster"),
+        "{}",
+        again.output()
+    );
+    drop(down);
 }

@@ -2,6 +2,7 @@
 //! `kubectl apply -k manifests/`, the example app, who leads, a graceful handover, a crash and a
 //! rolling update, each timed and checked from what the cluster reports.
 
+pub mod never;
 pub mod steps;
 pub mod ui;
 
@@ -84,6 +85,8 @@ pub struct Summary {
     /// From, to, time until the Lease named `to`.
     pub failover: Option<(String, String, Duration)>,
     pub rollout_moves: Option<usize>,
+    /// `native-sidecar: never`: who leads, time from apply to every pod agreeing.
+    pub never: Option<(String, Duration)>,
 }
 
 /// Runs the demo, handling SIGINT/SIGTERM/SIGHUP at any step: the cluster is dropped, which
@@ -193,6 +196,7 @@ async fn run(ui: &Ui, cluster: &mut Option<Cluster>) -> Result<Summary> {
     demo.handover(&mut s).await?;
     demo.crash(&mut s).await?;
     demo.rollout(&mut s).await?;
+    demo.never(&mut s).await?;
     Ok(s)
 }
 
@@ -220,6 +224,12 @@ fn print_summary(s: &Summary, total: Duration) {
     }
     if let Some(m) = s.rollout_moves {
         println!("   rollout restart of 3 replicas: leadership moved {m} time(s)");
+    }
+    if let Some((holder, d)) = &s.never {
+        println!(
+            "   native-sidecar: never: the elector a regular container, {holder} leads {} after the apply",
+            secs(*d)
+        );
     }
     println!("   demo finished in {}", secs(total));
 }

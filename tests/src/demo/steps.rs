@@ -21,7 +21,7 @@ pub const NAMESPACE: &str = "demo";
 pub const APP: &str = "my-app";
 const SYSTEM: &str = contract::deploy::NAMESPACE;
 const TIMEOUT: Duration = Duration::from_secs(300);
-pub const STEPS: usize = 7;
+pub const STEPS: usize = 8;
 
 pub struct Demo<'a> {
     pub c: &'a Cluster,
@@ -30,7 +30,7 @@ pub struct Demo<'a> {
 
 impl Demo<'_> {
     /// Runs `kubectl args…`, showing the command and its output; fails on a non-zero exit.
-    async fn show(&self, args: &[&str]) -> Result<String> {
+    pub(super) async fn show(&self, args: &[&str]) -> Result<String> {
         self.ui.command(&format!("kubectl {}", args.join(" ")));
         let out = self.c.kubectl(args, None).await?;
         self.ui.block(&out.stdout);
@@ -46,7 +46,7 @@ impl Demo<'_> {
     }
 
     /// `kubectl … -o json`, not shown: the checks read it.
-    async fn json(&self, args: &[&str]) -> Result<Value> {
+    pub(super) async fn json(&self, args: &[&str]) -> Result<Value> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         let out = self.c.kubectl_ok(&all, None).await?;
@@ -73,32 +73,8 @@ impl Demo<'_> {
     }
 
     /// The elector's answer to `GET /` in pod `pod`, through `kubectl exec` into its app.
-    async fn answer(&self, pod: &str) -> std::result::Result<String, String> {
-        let out = self
-            .c
-            .kubectl(
-                &[
-                    "exec",
-                    "-n",
-                    NAMESPACE,
-                    pod,
-                    "-c",
-                    "app",
-                    "--",
-                    "wget",
-                    "-qO-",
-                    "localhost:4040",
-                ],
-                None,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        if !out.success {
-            return Err(format!("{pod}: {}", out.stderr.trim()));
-        }
-        let v: Value = serde_json::from_str(out.stdout.trim())
-            .map_err(|e| format!("{pod} answered {:?}: {e}", out.stdout))?;
-        Ok(v["name"].as_str().unwrap_or_default().to_string())
+    pub(super) async fn answer(&self, pod: &str) -> std::result::Result<String, String> {
+        crate::e2e::elector_leader(self.c, NAMESPACE, pod).await
     }
 
     pub async fn cluster(&self, s: &mut Summary) -> Result<()> {
@@ -217,6 +193,28 @@ impl Demo<'_> {
         }
         self.show(&["-n", NAMESPACE, "get", "pod", name, "-o",
             "jsonpath={range .status.initContainerStatuses[*]}{.name}: started {.state.running.startedAt}{\"\\n\"}{end}{range .status.containerStatuses[*]}{.name}: started {.state.running.startedAt}{\"\\n\"}{end}"]).await?;
+        // The kubelet starts the app only once the sidecar has started (startedAt has second
+        // precision, so equal counts).
+        let started = |key: &str, container: &str| {
+            pod["status"][key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == container)
+                .and_then(|c| c["state"]["running"]["startedAt"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (elector, app) = (
+            started("initContainerStatuses", contract::CONTAINER_NAME),
+            started("containerStatuses", "app"),
+        );
+        if elector.is_empty() || app.is_empty() || elector > app {
+            return Err(fail(
+                "the start order",
+                format!("{name}: elector started {elector:?}, app {app:?}"),
+            ));
+        }
         s.pods = pods
             .iter()
             .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
@@ -517,6 +515,9 @@ impl Demo<'_> {
             t,
         );
         s.rollout_moves = Some(moves);
+        self.ui
+            .pause("to run the elector as a regular container")
+            .await;
         Ok(())
     }
 }
