@@ -216,7 +216,6 @@ fn kubectl_with(kubeconfig: &str, args: &[&str]) -> std::process::Output {
     Command::new(testenv::control_plane::kubectl_path().expect("kubectl"))
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env_remove("HOME")
         .output()
         .expect("running kubectl")
 }
