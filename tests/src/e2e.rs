@@ -131,3 +131,40 @@ pub async fn elector_leader(
     let v = elector_answer(c, namespace, pod).await?;
     Ok(v["name"].as_str().unwrap_or_default().to_string())
 }
+
+/// The pods of `namespace` matching `selector` that are not being deleted, as JSON.
+pub async fn live_pods(
+    c: &Cluster,
+    namespace: &str,
+    selector: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let args = ["get", "pods", "-n", namespace, "-l", selector, "-o", "json"];
+    let out = c.kubectl_ok(&args, None).await?;
+    let list: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| fail(format!("kubectl {}", args.join(" ")), e.to_string()))?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect())
+}
+
+/// `kubectl rollout status deployment/<name>` in `namespace`.
+pub async fn rollout(c: &Cluster, namespace: &str, name: &str) -> Result<()> {
+    let deploy = format!("deployment/{name}");
+    c.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "rollout",
+            "status",
+            &deploy,
+            "--timeout=240s",
+        ],
+        None,
+    )
+    .await?;
+    Ok(())
+}

@@ -230,19 +230,7 @@ async fn apply_example(c: &Cluster, ns: &str) -> Result<()> {
 }
 
 async fn rollout(c: &Cluster, ns: &str) -> Result<()> {
-    c.kubectl_ok(
-        &[
-            "-n",
-            ns,
-            "rollout",
-            "status",
-            "deployment/my-app",
-            "--timeout=240s",
-        ],
-        None,
-    )
-    .await?;
-    Ok(())
+    testenv::e2e::rollout(c, ns, "my-app").await
 }
 
 /// The current (not terminating) my-app pods once there are 3 and all are ready.

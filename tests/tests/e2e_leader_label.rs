@@ -189,37 +189,11 @@ async fn apply_labelled_example(c: &Cluster, ns: &str) -> Result<()> {
         "true".into();
     c.kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&deploy.to_string()))
         .await?;
-    c.kubectl_ok(
-        &[
-            "-n",
-            ns,
-            "rollout",
-            "status",
-            "deployment/my-app",
-            "--timeout=240s",
-        ],
-        None,
-    )
-    .await?;
-    Ok(())
+    testenv::e2e::rollout(c, ns, APP).await
 }
 
 async fn pod_list(c: &Cluster, ns: &str) -> Result<Vec<serde_json::Value>> {
-    let out = c
-        .kubectl_ok(
-            &["get", "pods", "-n", ns, "-l", "app=my-app", "-o", "json"],
-            None,
-        )
-        .await?;
-    let v: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| fail("kubectl get pods", e.to_string()))?;
-    Ok(v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .cloned()
-        .collect())
+    testenv::e2e::live_pods(c, ns, "app=my-app").await
 }
 
 /// 3 ready pods, a holder among them in the Lease (as read now), labelled leader and every other

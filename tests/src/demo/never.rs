@@ -85,17 +85,9 @@ impl Demo<'_> {
         .await?;
         let selector = format!("app={NEVER_APP}");
         let pods = eventually("2 pods, every container ready", TIMEOUT, || async {
-            let list = self
-                .json(&["get", "pods", "-n", NAMESPACE, "-l", &selector])
+            let pods = crate::e2e::live_pods(self.c, NAMESPACE, &selector)
                 .await
                 .map_err(|e| e.to_string())?;
-            let pods: Vec<serde_json::Value> = list["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                .cloned()
-                .collect();
             if pods.len() != 2 {
                 return Err(format!("{} pods", pods.len()));
             }
