@@ -27,7 +27,7 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "static images (musl, FROM scratch, buildah) and their size budget"
+step "static images for linux/amd64 and linux/arm64 (musl, FROM scratch, buildah) and their size budgets"
 images/build.sh
 
 step "the test cluster's own images (pause, busybox)"

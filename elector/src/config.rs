@@ -1,6 +1,7 @@
 //! Command line and environment. Flag and env names come from the contract crate, which the
 //! webhook uses to write the container spec.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -40,10 +41,13 @@ pub struct Args {
     #[arg(long = flags::ID, env = env::ID, value_name = "ID")]
     pub id: Option<String>,
 
-    /// Address of the HTTP API (`:4040` and `localhost:4040` are accepted too).
+    /// Address of the HTTP API. `:PORT` means every interface, IPv6 and IPv4 (`[::]` with
+    /// IPv4 as v4-mapped addresses; `0.0.0.0` alone when the kernel has no IPv6); an address
+    /// (`0.0.0.0:4040`, `[::1]:4040`, `localhost:4040`) is used as given.
     #[arg(long = flags::HTTP, env = env::HTTP, value_name = "ADDR",
-          default_value = "0.0.0.0:4040", value_parser = parse_listen)]
-    pub http: SocketAddr,
+          default_value_t = Listen::AllInterfaces(contract::http::DEFAULT_PORT),
+          value_parser = parse_listen)]
+    pub http: Listen,
 
     /// Lease duration; renew deadline and retry period are derived from it (2/3 and 2/15),
     /// unless given explicitly.
@@ -92,7 +96,7 @@ pub struct Config {
     pub election: String,
     pub namespace: String,
     pub id: String,
-    pub http: SocketAddr,
+    pub http: Listen,
     pub timings: Timings,
     /// How often the leader renews while renewals succeed.
     pub renew_interval: Duration,
@@ -140,25 +144,54 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (use e.g. \"15s\", \"1500ms\" or \"1m\")"))
 }
 
-/// `0.0.0.0:4040`, `[::]:4040`, `:4040` (all interfaces, as Go's net/http) or `host:4040`.
-pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Every interface of both families (`:PORT`, the default): pods may be IPv4-only,
+    /// IPv6-only or dual-stack, and the kubelet probes the pod IP of whichever family it has.
+    AllInterfaces(u16),
+    /// Exactly this address, as the user wrote it.
+    Addr(SocketAddr),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::AllInterfaces(port) => write!(f, ":{port}"),
+            Listen::Addr(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// `:4040` (all interfaces of both families, as Go's net/http), `0.0.0.0:4040`, `[::]:4040`
+/// or `host:4040`.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
     let s = s.trim();
     if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(Listen::Addr(addr));
     }
-    let err = || format!("\"{s}\" is not an address to listen on (use e.g. 0.0.0.0:4040 or :4040)");
+    let err = || {
+        format!(
+            "\"{s}\" is not an address to listen on (use e.g. :4040 for every interface, \
+             0.0.0.0:4040 or 127.0.0.1:4040)"
+        )
+    };
     let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
     let port: u16 = port.parse().map_err(|_| err())?;
     if host.is_empty() {
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        return Ok(Listen::AllInterfaces(port));
     }
     if host == "localhost" {
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        return Ok(Listen::Addr(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+        )));
     }
     (host, port)
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
+        .map(Listen::Addr)
         .ok_or_else(err)
 }
 
@@ -323,7 +356,8 @@ mod tests {
         let c = resolve(&["--election", "x"], &ambient()).unwrap();
         assert_eq!(c.namespace, "default");
         assert_eq!(c.id, "host-1");
-        assert_eq!(c.http, "0.0.0.0:4040".parse().unwrap());
+        assert_eq!(c.http, Listen::AllInterfaces(4040));
+        assert_eq!(c.http.to_string(), ":4040");
         assert_eq!(c.timings, Timings::default());
         assert_eq!(c.renew_interval, Duration::from_secs(5));
         assert!(c.release_on_cancel);
@@ -431,12 +465,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.election, "x");
-        assert_eq!(c.http, "127.0.0.1:4041".parse().unwrap());
+        assert_eq!(c.http, Listen::Addr("127.0.0.1:4041".parse().unwrap()));
         assert!(!c.release_on_cancel);
-        assert_eq!(
-            parse_listen(":4040").unwrap(),
-            "0.0.0.0:4040".parse().unwrap()
-        );
-        assert_eq!(parse_listen("[::]:80").unwrap(), "[::]:80".parse().unwrap());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let addr = |s: &str| Ok(Listen::Addr(s.parse().unwrap()));
+        let cases: &[(&str, Result<Listen, ()>)] = &[
+            (":4040", Ok(Listen::AllInterfaces(4040))),
+            (" :80 ", Ok(Listen::AllInterfaces(80))),
+            // An explicit address is honoured as given, wildcard or not.
+            ("0.0.0.0:4040", addr("0.0.0.0:4040")),
+            ("[::]:4040", addr("[::]:4040")),
+            ("[::1]:4041", addr("[::1]:4041")),
+            ("localhost:4040", addr("127.0.0.1:4040")),
+            ("4040", Err(())),
+            (":http", Err(())),
+            (":70000", Err(())),
+            ("nowhere", Err(())),
+        ];
+        for (input, want) in cases {
+            let got = parse_listen(input);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{input}"),
+                (Err(()), Err(e)) => assert!(e.contains(":4040 for every interface"), "{e}"),
+                _ => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+        // What --help shows and what the webhook writes parse back to the same value.
+        for l in [
+            Listen::AllInterfaces(4040),
+            Listen::Addr("[::1]:9".parse().unwrap()),
+        ] {
+            assert_eq!(parse_listen(&l.to_string()), Ok(l));
+        }
     }
 }

@@ -2,14 +2,15 @@
 //! hands over through a watch instead of polling, and serves the classic leader-elector HTTP API.
 //!
 //! Layout: [`election`] is the sans-IO state machine (all the rules), [`store`] the Lease
-//! storage (API server or memory), [`runner`] the I/O loop, [`http`] the API, [`config`] the
-//! command line.
+//! storage (API server or memory), [`runner`] the I/O loop, [`http`] the API, [`listen`] its
+//! socket, [`config`] the command line.
 
 pub mod clock;
 pub mod config;
 pub mod election;
 pub mod error;
 pub mod http;
+pub mod listen;
 pub mod runner;
 pub mod store;
 
@@ -154,12 +155,10 @@ fn signals() -> Result<mpsc::UnboundedReceiver<()>, Error> {
 
 async fn run(config: Config) -> Result<(), Error> {
     let signals = signals()?;
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.http,
-            source,
-        })?;
+    let listener = listen::bind(config.http)?;
+    let http_addr = listener
+        .local_addr()
+        .map_or_else(|_| config.http.to_string(), |a| a.to_string());
 
     let kube_config = kube::Config::infer()
         .await
@@ -172,7 +171,7 @@ async fn run(config: Config) -> Result<(), Error> {
         identity = %config.id,
         lease = %config.election,
         namespace = %config.namespace,
-        http = %config.http,
+        http = %http_addr,
         lease_duration = ?config.timings.lease_duration,
         renew_deadline = ?config.timings.renew_deadline,
         retry_period = ?config.timings.retry_period,

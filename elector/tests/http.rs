@@ -1,4 +1,5 @@
-//! HTTP API tests, in-process: exact bytes of `GET /`, `/status` fields, SSE, probes, metrics.
+//! HTTP API tests, in-process: exact bytes of `GET /`, `/status` fields, SSE, probes, metrics,
+//! and the default listener answering on IPv4 and IPv6 loopback.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,9 +7,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use elector::config::{Listen, parse_listen};
 use elector::election::{Mono, View};
 use elector::http::{Shared, router};
+use elector::listen;
 use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
 struct Fixture {
@@ -203,4 +207,83 @@ async fn events_send_the_state_at_once_then_on_changes() {
         .unwrap();
     let next = String::from_utf8(next.to_vec()).unwrap();
     assert!(next.contains(r#""is_leader":false"#), "{next}");
+}
+
+/// `GET path` over a real TCP connection; returns the status line and the body.
+async fn get_over_tcp(addr: std::net::SocketAddr, path: &str) -> Result<(String, String), String> {
+    let io = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .map_err(|_| format!("{addr}: no answer in 10 s"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Serves the API on `listen` and returns the port it got.
+async fn serve(f: &Fixture, listen: Listen) -> u16 {
+    let listener = listen::bind(listen).expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let app = router(f.shared.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_default_listener_answers_on_ipv4_and_ipv6() {
+    let f = Fixture::new();
+    f.shared.publish(f.leading_view(), f.now());
+    // `:0` is the default `:4040` with a free port: one dual-stack socket.
+    let port = serve(&f, parse_listen(":0").unwrap()).await;
+    for host in ["127.0.0.1", "[::1]"] {
+        let addr = format!("{host}:{port}").parse().unwrap();
+        let (status, body) = get_over_tcp(addr, "/").await.unwrap();
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", r#"{"name":"pod-a"}"#),
+            "{addr}"
+        );
+        let (status, _) = get_over_tcp(addr, "/readyz").await.unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK", "{addr}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_explicit_address_is_used_as_given() {
+    let f = Fixture::new();
+    let port = serve(&f, parse_listen("127.0.0.1:0").unwrap()).await;
+    let v4 = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get_over_tcp(v4, "/healthz").await.unwrap().1, "ok");
+    // Nothing listens on IPv6 loopback at that port.
+    let v6 = format!("[::1]:{port}").parse().unwrap();
+    let err = get_over_tcp(v6, "/healthz").await.unwrap_err();
+    assert!(err.contains("refused"), "{err}");
+
+    let port = serve(&f, parse_listen("[::1]:0").unwrap()).await;
+    let v6 = format!("[::1]:{port}").parse().unwrap();
+    assert_eq!(get_over_tcp(v6, "/healthz").await.unwrap().1, "ok");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_port_in_use_is_an_error_naming_the_flag_not_a_fallback() {
+    let taken = std::net::TcpListener::bind("[::]:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = listen::bind(Listen::AllInterfaces(port))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("cannot listen on [::]:{port} (--http)")),
+        "{err}"
+    );
 }

@@ -1,7 +1,7 @@
 //! End to end on the real cluster, as a user runs it: `kubectl apply -k manifests/` as shipped,
 //! the example app (3 replicas), and then only what the cluster reports — pod and container
 //! statuses, the Lease, `kubectl logs` of the elector and the app, and the elector's answer to
-//! `wget -qO- localhost:4040` through `kubectl exec`.
+//! `wget -qO- localhost:4040` (and on `127.0.0.1` and `[::1]`) through `kubectl exec`.
 
 use std::collections::BTreeSet;
 
@@ -127,13 +127,27 @@ async fn the_example_app_elects_one_leader_in_real_pods() -> Result<()> {
         );
     }
 
-    // Every pod's app container gets the same answer from its own elector.
+    // Every pod's app container gets the same answer from its own elector, over IPv4 and IPv6
+    // loopback alike (the injected elector listens on every interface of both families).
     let want = serde_json::json!({ "name": holder });
     for pod in &names {
-        let answer = testenv::e2e::elector_answer(c, &ns, pod)
-            .await
-            .map_err(|e| fail("GET localhost:4040", e))?;
-        assert_eq!(answer, want, "GET localhost:4040 in {pod}");
+        for url in [
+            "localhost:4040",
+            "http://127.0.0.1:4040/",
+            "http://[::1]:4040/",
+        ] {
+            let answer = c
+                .kubectl_ok(
+                    &[
+                        "exec", "-n", &ns, pod, "-c", "app", "--", "wget", "-qO-", url,
+                    ],
+                    None,
+                )
+                .await?;
+            let answer: serde_json::Value = serde_json::from_str(answer.trim())
+                .map_err(|e| fail(format!("GET {url} in {pod}"), format!("{e}: {answer:?}")))?;
+            assert_eq!(answer, want, "GET {url} in {pod}");
+        }
         if *pod != holder {
             let app = c
                 .kubectl_ok(&["logs", "-n", &ns, pod, "-c", "app"], None)

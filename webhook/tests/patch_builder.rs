@@ -135,7 +135,7 @@ fn deployment_pod_gets_everything() {
     assert!(e.get("restartPolicy").is_none());
     let a = args(e);
     assert!(a.contains(&"--election=my-app"), "{a:?}");
-    assert!(a.contains(&"--http=0.0.0.0:4040"), "{a:?}");
+    assert!(a.contains(&"--http=:4040"), "{a:?}");
     assert!(a.contains(&"--lease-duration=15s"), "{a:?}");
     assert!(a.contains(&"--renew-deadline=10s"), "{a:?}");
     assert!(a.contains(&"--retry-period=2s"), "{a:?}");
@@ -521,7 +521,7 @@ fn settings_reach_the_container() {
     let e = elector(&out);
     let a = args(e);
     for want in [
-        "--http=0.0.0.0:5050",
+        "--http=:5050",
         "--lease-duration=30s",
         "--renew-deadline=20s",
         "--retry-period=1500ms",

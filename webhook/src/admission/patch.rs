@@ -247,7 +247,9 @@ pub fn elector(plan: &Plan, ctx: &PodContext<'_>, native: bool) -> Value {
     let s = &plan.settings;
     let mut args = vec![
         format!("--{}={}", flags::ELECTION, plan.lease),
-        format!("--{}=0.0.0.0:{}", flags::HTTP, s.port),
+        // `:PORT`: every interface of both families, so probes reach it on IPv4-only, IPv6-only
+        // and dual-stack pods.
+        format!("--{}=:{}", flags::HTTP, s.port),
     ];
     // The leader label is the controller's job (it watches the Lease); the elector needs no
     // pods permission.
