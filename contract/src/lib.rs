@@ -31,6 +31,14 @@ pub mod annotations {
     /// `auto`, `always` or `never`: inject as a native sidecar (init container with
     /// `restartPolicy: Always`).
     pub const NATIVE_SIDECAR: &str = "leader-election/native-sidecar";
+    /// The elector's CPU request, a Kubernetes quantity (default `10m`).
+    pub const CPU_REQUEST: &str = "leader-election/cpu-request";
+    /// The elector's CPU limit, a Kubernetes quantity (default: none).
+    pub const CPU_LIMIT: &str = "leader-election/cpu-limit";
+    /// The elector's memory request, a Kubernetes quantity (default `16Mi`).
+    pub const MEMORY_REQUEST: &str = "leader-election/memory-request";
+    /// The elector's memory limit, a Kubernetes quantity (default `32Mi`).
+    pub const MEMORY_LIMIT: &str = "leader-election/memory-limit";
     /// Written by the webhook once a pod is injected; makes injection idempotent.
     pub const STATUS: &str = "leader-election/status";
     /// Written by the webhook on a workload's pod template: the comma-separated annotation keys
@@ -50,9 +58,26 @@ pub mod annotations {
         (LEASE_DURATION, "a duration such as \"15s\" or \"1m\""),
         (RENEW_DEADLINE, "a duration such as \"10s\""),
         (RETRY_PERIOD, "a duration such as \"2s\""),
+        (RENEW_INTERVAL, "a duration such as \"5s\""),
         (PORT, "a port number between 1024 and 65535"),
         (LEADER_LABEL, "\"true\" or \"false\""),
         (NATIVE_SIDECAR, "\"auto\", \"always\" or \"never\""),
+        (
+            CPU_REQUEST,
+            "a positive CPU quantity such as \"10m\", \"0.5\" or \"1\"",
+        ),
+        (
+            CPU_LIMIT,
+            "a positive CPU quantity such as \"100m\", \"0.5\" or \"1\"",
+        ),
+        (
+            MEMORY_REQUEST,
+            "a positive whole number of bytes such as \"16Mi\", \"64M\" or \"1Gi\"",
+        ),
+        (
+            MEMORY_LIMIT,
+            "a positive whole number of bytes such as \"32Mi\", \"64M\" or \"1Gi\"",
+        ),
     ];
 }
 
@@ -134,6 +159,20 @@ pub mod http {
 
 /// Name of the injected container.
 pub const CONTAINER_NAME: &str = "leader-elector";
+/// The elector's resources unless annotated otherwise (requests 10m CPU / 16Mi, limit 32Mi, no
+/// CPU limit). A pod whose containers are all Guaranteed gets requests = limits instead.
+pub mod resources {
+    pub const CPU_REQUEST: &str = "10m";
+    pub const MEMORY_REQUEST: &str = "16Mi";
+    pub const MEMORY_LIMIT: &str = "32Mi";
+}
+/// Names of the leader-elector:0.4 sidecar this project replaces (containers so named, or
+/// running an image of the first name, are refused next to the elector: see the README's
+/// migration section).
+pub const LEGACY_CONTAINER_NAMES: &[&str] = &["leader-elector", "leader-election"];
+/// Image repository name of the leader-elector:0.4 sidecar (`gcr.io/google_containers/…`,
+/// `k8s.gcr.io/…`, or a mirror).
+pub const LEGACY_IMAGE_NAME: &str = "leader-elector";
 /// A ServiceAccount name for running the elector by hand (tests, the elector without the
 /// webhook). The webhook no longer moves pods to it: a pod keeps its own ServiceAccount.
 pub const SERVICE_ACCOUNT: &str = "leader-elector";

@@ -2,7 +2,7 @@
 //! against an in-memory fake in tests. Only the verbs the webhook's RBAC grants are used.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -198,17 +198,32 @@ pub fn native_sidecars_supported(server: &str, kubelets: &[String]) -> bool {
     ok(server) && !kubelets.is_empty() && kubelets.iter().all(|k| ok(k))
 }
 
-/// The cached native-sidecar decision, refreshed in the background.
+/// The cached native-sidecar decision, refreshed in the background: unknown until the cluster
+/// answered once.
 #[derive(Default)]
-pub struct NativeSupport(AtomicBool);
+pub struct NativeSupport(AtomicU8);
+
+// 0: not known yet (the Default).
+const NO: u8 = 1;
+const YES: u8 = 2;
 
 impl NativeSupport {
+    /// Supported as far as known (unknown counts as not, for `auto`).
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.known() == Some(true)
+    }
+
+    /// `None` until the cluster answered once.
+    pub fn known(&self) -> Option<bool> {
+        match self.0.load(Ordering::Relaxed) {
+            YES => Some(true),
+            NO => Some(false),
+            _ => None,
+        }
     }
 
     pub fn set(&self, v: bool) {
-        self.0.store(v, Ordering::Relaxed);
+        self.0.store(if v { YES } else { NO }, Ordering::Relaxed);
     }
 
     /// Asks the cluster once and stores the answer; on error the previous answer stays.
@@ -222,7 +237,7 @@ impl NativeSupport {
             .await
             .map_err(|e| Error::api("listing nodes", e))?;
         let v = native_sidecars_supported(&server, &kubelets);
-        if v != self.get() {
+        if Some(v) != self.known() {
             tracing::info!(native_sidecars = v, %server, nodes = kubelets.len(), "native sidecar support changed");
         }
         self.set(v);
@@ -247,6 +262,16 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(parse_version(v), want, "{v}");
         }
+    }
+
+    #[test]
+    fn native_support_is_unknown_until_set() {
+        let n = NativeSupport::default();
+        assert_eq!((n.known(), n.get()), (None, false));
+        n.set(false);
+        assert_eq!((n.known(), n.get()), (Some(false), false));
+        n.set(true);
+        assert_eq!((n.known(), n.get()), (Some(true), true));
     }
 
     #[test]

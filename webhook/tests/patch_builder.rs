@@ -10,7 +10,7 @@ use webhook::admission::settings::NativeMode;
 
 const IMAGE: &str = "example.test/elector:1";
 
-fn ctx(native_mode: NativeMode, native_supported: bool) -> PodContext<'static> {
+fn ctx(native_mode: NativeMode, native_supported: Option<bool>) -> PodContext<'static> {
     PodContext {
         namespace: "apps",
         image: IMAGE,
@@ -21,7 +21,11 @@ fn ctx(native_mode: NativeMode, native_supported: bool) -> PodContext<'static> {
 }
 
 fn regular() -> PodContext<'static> {
-    ctx(NativeMode::Auto, false)
+    ctx(NativeMode::Auto, Some(false))
+}
+
+fn native() -> PodContext<'static> {
+    ctx(NativeMode::Auto, Some(true))
 }
 
 /// A pod as the API server hands it to a mutating webhook on 1.20: created by a ReplicaSet, no
@@ -149,10 +153,18 @@ fn deployment_pod_gets_everything() {
         "metadata.namespace"
     );
     assert_eq!(e["livenessProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(e["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // Ready = it serves; an API server outage does not take the pod out of its Services.
+    assert_eq!(e["readinessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(e["readinessProbe"]["httpGet"]["port"], 4040);
-    assert_eq!(e["resources"]["requests"]["cpu"], "10m");
-    assert_eq!(e["resources"]["limits"]["memory"], "32Mi");
+    assert!(
+        e.get("startupProbe").is_none(),
+        "regular container: unchanged"
+    );
+    assert!(a.contains(&"--renew-interval=5s"), "{a:?}");
+    assert_eq!(
+        e["resources"],
+        json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})
+    );
     let sc = &e["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["runAsUser"], contract::deploy::RUN_AS_USER);
@@ -461,18 +473,39 @@ fn automount_off_without_volumes_gets_a_projected_token() {
 
 #[test]
 fn native_sidecar_table() {
-    // (cluster mode, cluster supports, pod annotation, expect native)
-    let cases = [
-        (NativeMode::Auto, false, None, false),
-        (NativeMode::Auto, true, None, true),
-        (NativeMode::Never, true, None, false),
-        (NativeMode::Always, false, None, true),
-        (NativeMode::Auto, true, Some("never"), false),
-        (NativeMode::Never, false, Some("always"), true),
-        (NativeMode::Always, true, Some("auto"), true),
-        (NativeMode::Always, false, Some("auto"), false),
+    // (cluster mode, cluster supports (None: not known yet), pod annotation, expect native or a
+    // refusal naming this)
+    type Case = (
+        NativeMode,
+        Option<bool>,
+        Option<&'static str>,
+        Result<bool, &'static str>,
+    );
+    let cases: [Case; 12] = [
+        (NativeMode::Auto, Some(false), None, Ok(false)),
+        (NativeMode::Auto, None, None, Ok(false)),
+        (NativeMode::Auto, Some(true), None, Ok(true)),
+        (NativeMode::Never, Some(true), None, Ok(false)),
+        (NativeMode::Always, Some(true), None, Ok(true)),
+        (NativeMode::Always, None, None, Ok(true)),
+        (
+            NativeMode::Always,
+            Some(false),
+            None,
+            Err("--native-sidecar=always"),
+        ),
+        (NativeMode::Auto, Some(true), Some("never"), Ok(false)),
+        (NativeMode::Never, None, Some("always"), Ok(true)),
+        (
+            NativeMode::Never,
+            Some(false),
+            Some("always"),
+            Err(ann::NATIVE_SIDECAR),
+        ),
+        (NativeMode::Always, Some(true), Some("auto"), Ok(true)),
+        (NativeMode::Always, Some(false), Some("auto"), Ok(false)),
     ];
-    for (mode, supported, annotation, native) in cases {
+    for (mode, supported, annotation, want) in cases {
         for with_init in [false, true] {
             let mut input = deployment_pod();
             if let Some(a) = annotation {
@@ -481,12 +514,24 @@ fn native_sidecar_table() {
             if with_init {
                 input["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m"}]);
             }
+            let case = format!("{mode:?} {supported:?} {annotation:?} init={with_init}");
+            let native = match want {
+                Ok(n) => n,
+                Err(sub) => {
+                    let msg = apply(&input, &ctx(mode, supported)).unwrap_err();
+                    assert!(msg.contains(sub), "{case}: {msg}");
+                    assert!(
+                        msg.contains("1.29") && msg.contains("\"auto\""),
+                        "says why and what to do: {msg}"
+                    );
+                    continue;
+                }
+            };
             let out = inject(&input, &ctx(mode, supported));
             let inits = out["spec"]["initContainers"].as_array();
             let in_init = inits
                 .and_then(|l| l.iter().find(|c| c["name"] == contract::CONTAINER_NAME))
                 .is_some();
-            let case = format!("{mode:?} {supported} {annotation:?} init={with_init}");
             assert_eq!(in_init, native, "{case}");
             assert_eq!(
                 find(&out["spec"]["containers"], contract::CONTAINER_NAME).is_some(),
@@ -494,18 +539,65 @@ fn native_sidecar_table() {
                 "{case}"
             );
             if native {
-                assert_eq!(elector(&out)["restartPolicy"], "Always", "{case}");
-                // Appended after the pod's own init containers.
+                let e = elector(&out);
+                assert_eq!(e["restartPolicy"], "Always", "{case}");
+                assert_eq!(e["startupProbe"]["httpGet"]["path"], "/healthz", "{case}");
+                assert_eq!(e["startupProbe"]["httpGet"]["port"], 4040, "{case}");
+                assert_eq!(e["startupProbe"]["periodSeconds"], 1, "{case}");
+                // First, before the pod's own init containers, which may use it.
                 let l = inits.unwrap();
-                assert_eq!(
-                    l.last().unwrap()["name"],
-                    contract::CONTAINER_NAME,
+                assert_eq!(l[0]["name"], contract::CONTAINER_NAME, "{case}");
+                assert_eq!(l.len(), if with_init { 2 } else { 1 }, "{case}");
+                if with_init {
+                    assert_eq!(l[1]["name"], "migrate");
+                    assert_eq!(
+                        env(&l[1], "LEADER_ELECTION_URL").unwrap()["value"],
+                        "http://127.0.0.1:4040",
+                        "{case}"
+                    );
+                }
+            } else if with_init {
+                // Regular mode: init containers run before the elector; nothing for them.
+                assert!(
+                    out["spec"]["initContainers"][0].get("env").is_none(),
                     "{case}"
                 );
-                assert_eq!(l.len(), if with_init { 2 } else { 1 }, "{case}");
             }
         }
     }
+}
+
+#[test]
+fn native_elector_goes_before_every_init_container_and_they_get_the_env() {
+    let mut input = deployment_pod();
+    input["spec"]["initContainers"] = json!([
+        {"name": "wait", "image": "busybox", "env": [{"name": "A", "value": "1"}]},
+        {"name": "own-url", "image": "busybox", "env": [{"name": "LEADER_ELECTION_URL", "value": "http://x:1"}]},
+        {"name": "plain", "image": "busybox"}
+    ]);
+    let out = inject(&input, &native());
+    let inits = out["spec"]["initContainers"].as_array().unwrap();
+    let names: Vec<&str> = inits.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [contract::CONTAINER_NAME, "wait", "own-url", "plain"]
+    );
+    assert_eq!(inits[1]["env"][0], json!({"name": "A", "value": "1"}));
+    assert_eq!(inits[1]["env"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        env(&inits[2], "LEADER_ELECTION_URL").unwrap()["value"],
+        "http://x:1"
+    );
+    assert_eq!(
+        env(&inits[3], "LEADER_ELECTION_LEASE_NAME").unwrap()["value"],
+        "my-app"
+    );
+    assert!(inits[0].get("env").unwrap().as_array().unwrap().len() == 2);
+    // An empty list works as well.
+    let mut input = deployment_pod();
+    input["spec"]["initContainers"] = json!([]);
+    let out = inject(&input, &native());
+    assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 1);
 }
 
 #[test]
@@ -517,6 +609,7 @@ fn settings_reach_the_container() {
     a.insert(ann::RENEW_DEADLINE.into(), json!("20s"));
     a.insert(ann::RETRY_PERIOD.into(), json!("1500ms"));
     a.insert(ann::LEADER_LABEL.into(), json!("true"));
+    a.insert(ann::RENEW_INTERVAL.into(), json!("12s"));
     let out = inject(&input, &regular());
     let e = elector(&out);
     let a = args(e);
@@ -525,6 +618,7 @@ fn settings_reach_the_container() {
         "--lease-duration=30s",
         "--renew-deadline=20s",
         "--retry-period=1500ms",
+        "--renew-interval=12s",
     ] {
         assert!(a.contains(&want), "{want} in {a:?}");
     }
@@ -803,4 +897,367 @@ fn a_bad_template_annotation_is_warned_about_on_the_workload() {
             .warnings
             .is_empty()
     );
+}
+
+// ---- migration from leader-elector:0.4 ----
+
+#[test]
+fn old_sidecar_is_refused_with_the_migration() {
+    let old = |name: &str, image: &str| {
+        json!({"name": name, "image": image, "args": ["--election=example", "--http=0.0.0.0:4040"],
+               "ports": [{"containerPort": 4040}]})
+    };
+    // (what, extra container, in init containers?, refused?)
+    let cases = [
+        (
+            "classic name and image",
+            old(
+                "leader-elector",
+                "gcr.io/google_containers/leader-elector:0.4",
+            ),
+            false,
+            true,
+        ),
+        (
+            "k8s.gcr.io, no tag",
+            old("elector", "k8s.gcr.io/leader-elector"),
+            false,
+            true,
+        ),
+        (
+            "mirrored image, digest",
+            old(
+                "le",
+                "registry.local:5000/mirror/leader-elector@sha256:0123",
+            ),
+            false,
+            true,
+        ),
+        (
+            "name leader-election, other image",
+            old("leader-election", "example.test/something:1"),
+            false,
+            true,
+        ),
+        (
+            "as an init container",
+            old(
+                "leader-elector",
+                "gcr.io/google_containers/leader-elector:0.4",
+            ),
+            true,
+            true,
+        ),
+        (
+            "unrelated container",
+            json!({"name": "leader-elections-dashboard", "image": "example.test/dash:1"}),
+            false,
+            false,
+        ),
+    ];
+    for (what, extra, init, refused) in cases {
+        let mut input = deployment_pod();
+        let list = if init { "initContainers" } else { "containers" };
+        match input["spec"][list].as_array_mut() {
+            Some(l) => l.push(extra.clone()),
+            None => input["spec"][list] = json!([extra.clone()]),
+        }
+        match apply(&input, &regular()) {
+            Err(msg) if refused => {
+                for want in [
+                    &format!("container {:?}", extra["name"].as_str().unwrap()),
+                    "leader-elector:0.4",
+                    "remove that container",
+                    "Endpoints",
+                    "http://localhost:4040",
+                    "the Lease \"my-app\"",
+                    ann::ENABLED,
+                ] {
+                    assert!(msg.contains(want), "{what}: {want:?} in {msg}");
+                }
+            }
+            Ok(out) if !refused => {
+                assert!(find(&out["spec"]["containers"], contract::CONTAINER_NAME).is_some());
+            }
+            got => panic!("{what}: unexpected {got:?}"),
+        }
+        // Not asking for the elector: the old sidecar is the user's business.
+        input["metadata"]["annotations"] = json!({});
+        let m = patch::mutate_pod(&pod(&input), &regular()).unwrap();
+        assert_eq!(m.skipped, Some(SkipReason::NotEnabled), "{what}");
+    }
+}
+
+#[test]
+fn our_own_elector_is_not_mistaken_for_the_old_one() {
+    // Injected (by us, or offline), then admitted again: recognised, not refused.
+    let once = inject(&deployment_pod(), &regular());
+    assert!(patch::mutate_pod(&pod(&once), &regular()).is_ok());
+    // Also with an image named like ours under any registry.
+    let c = PodContext {
+        image: "registry.local:5000/leader-election/elector:9",
+        ..regular()
+    };
+    let once = inject(&deployment_pod(), &c);
+    assert_eq!(elector(&once)["image"], c.image);
+}
+
+// ---- resources ----
+
+fn with_resources(mut input: Value, app: Option<Value>, annotations: &[(&str, &str)]) -> Value {
+    if let Some(r) = app {
+        for c in input["spec"]["containers"].as_array_mut().unwrap() {
+            c["resources"] = r.clone();
+        }
+    }
+    for (k, v) in annotations {
+        input["metadata"]["annotations"][*k] = json!(v);
+    }
+    input
+}
+
+#[test]
+fn elector_resources_table() {
+    let guaranteed =
+        json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}});
+    // Limits alone: the API server copies them into requests, so Guaranteed as well.
+    let limits_only = json!({"limits": {"cpu": "500m", "memory": "512Mi"}});
+    let burstable =
+        json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}});
+    let no_memory_limit = json!({"limits": {"cpu": "1"}});
+    type Case<'a> = (
+        &'a str,
+        Option<Value>,
+        Vec<(&'a str, &'a str)>,
+        Result<Value, &'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "defaults",
+            None,
+            vec![],
+            Ok(json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})),
+        ),
+        (
+            "all four annotated",
+            None,
+            vec![
+                (ann::CPU_REQUEST, "50m"),
+                (ann::CPU_LIMIT, "200m"),
+                (ann::MEMORY_REQUEST, "24Mi"),
+                (ann::MEMORY_LIMIT, "48Mi"),
+            ],
+            Ok(
+                json!({"requests": {"cpu": "50m", "memory": "24Mi"}, "limits": {"cpu": "200m", "memory": "48Mi"}}),
+            ),
+        ),
+        (
+            "a CPU limit alone (ResourceQuota on limits.cpu)",
+            None,
+            vec![(ann::CPU_LIMIT, "100m")],
+            Ok(
+                json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}}),
+            ),
+        ),
+        (
+            "a limit below the default request lowers the request",
+            None,
+            vec![(ann::CPU_LIMIT, "5m"), (ann::MEMORY_LIMIT, "12Mi")],
+            Ok(
+                json!({"requests": {"cpu": "5m", "memory": "12Mi"}, "limits": {"cpu": "5m", "memory": "12Mi"}}),
+            ),
+        ),
+        (
+            "a request above the default limit raises the limit",
+            None,
+            vec![(ann::MEMORY_REQUEST, "64Mi")],
+            Ok(json!({"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}})),
+        ),
+        (
+            "Guaranteed pod, defaults",
+            Some(guaranteed.clone()),
+            vec![],
+            Ok(
+                json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "10m", "memory": "32Mi"}}),
+            ),
+        ),
+        (
+            "Guaranteed by limits only",
+            Some(limits_only),
+            vec![],
+            Ok(
+                json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "10m", "memory": "32Mi"}}),
+            ),
+        ),
+        (
+            "Guaranteed pod, one side annotated",
+            Some(guaranteed.clone()),
+            vec![(ann::CPU_REQUEST, "50m"), (ann::MEMORY_LIMIT, "64Mi")],
+            Ok(
+                json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "50m", "memory": "64Mi"}}),
+            ),
+        ),
+        (
+            "Guaranteed pod, equal values in other units",
+            Some(guaranteed.clone()),
+            vec![(ann::CPU_REQUEST, "0.1"), (ann::CPU_LIMIT, "100m")],
+            Ok(
+                json!({"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}}),
+            ),
+        ),
+        (
+            "Guaranteed pod, request below limit",
+            Some(guaranteed.clone()),
+            vec![(ann::CPU_REQUEST, "10m"), (ann::CPU_LIMIT, "100m")],
+            Err("drops to Burstable"),
+        ),
+        (
+            "Burstable pod stays on the defaults",
+            Some(burstable),
+            vec![],
+            Ok(json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})),
+        ),
+        (
+            "no memory limit: not Guaranteed",
+            Some(no_memory_limit),
+            vec![],
+            Ok(json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})),
+        ),
+        (
+            "request above limit",
+            None,
+            vec![(ann::MEMORY_REQUEST, "64Mi"), (ann::MEMORY_LIMIT, "32Mi")],
+            Err("must not exceed its limit"),
+        ),
+        (
+            "not a quantity",
+            None,
+            vec![(ann::CPU_REQUEST, "fast")],
+            Err("a positive CPU quantity"),
+        ),
+        (
+            "milli-bytes",
+            None,
+            vec![(ann::MEMORY_REQUEST, "16m")],
+            Err("did you mean \"16Mi\""),
+        ),
+    ];
+    for (what, app, annotations, want) in cases {
+        let input = with_resources(deployment_pod(), app, &annotations);
+        match (apply(&input, &regular()), want) {
+            (Ok(out), Ok(r)) => {
+                assert_eq!(elector(&out)["resources"], r, "{what}");
+                // Twice == once.
+                inject(&input, &regular());
+            }
+            (Err(msg), Err(sub)) => {
+                assert!(msg.contains(sub), "{what}: {msg}");
+                assert!(
+                    msg.contains("leader-election/"),
+                    "{what}: names the annotation: {msg}"
+                );
+            }
+            (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn one_burstable_init_container_makes_the_pod_burstable() {
+    let g = json!({"limits": {"cpu": "1", "memory": "1Gi"}});
+    let mut input = with_resources(deployment_pod(), Some(g.clone()), &[]);
+    input["spec"]["initContainers"] = json!([{"name": "init", "image": "i", "resources": g}]);
+    let out = inject(&input, &regular());
+    assert_eq!(elector(&out)["resources"]["limits"]["cpu"], "10m");
+    input["spec"]["initContainers"][0]["resources"] = json!({});
+    let out = inject(&input, &regular());
+    assert!(elector(&out)["resources"]["limits"].get("cpu").is_none());
+}
+
+// ---- the pod template, checked when the workload is applied ----
+
+fn applied_workload(input: &Value, c: &PodContext<'_>) -> Result<(), String> {
+    let m = propagate::mutate_workload(input).map_err(|d| d.0)?;
+    patch::check_workload(input, m.patch.as_ref(), c).map_err(|d| d.0)
+}
+
+#[test]
+fn workload_templates_are_checked_at_apply() {
+    let old_sidecar =
+        json!({"name": "leader-elector", "image": "gcr.io/google_containers/leader-elector:0.4"});
+    let with_old = |meta: Value, tmpl: Option<Value>| {
+        let mut d = deployment(meta, tmpl);
+        d["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(old_sidecar.clone());
+        d
+    };
+    type Case<'a> = (&'a str, Value, PodContext<'a>, Result<(), &'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "enabled on the Deployment, old sidecar in the template",
+            with_old(json!({"leader-election/enabled": "true"}), None),
+            regular(),
+            Err("leader-elector:0.4"),
+        ),
+        (
+            "enabled on the template itself",
+            with_old(json!({}), Some(json!({"leader-election/enabled": "true"}))),
+            regular(),
+            Err("remove that container"),
+        ),
+        (
+            "old sidecar, not enabled: not ours to judge",
+            with_old(json!({}), None),
+            regular(),
+            Ok(()),
+        ),
+        (
+            "native always on a cluster without native sidecars",
+            deployment(
+                json!({"leader-election/enabled": "true", "leader-election/native-sidecar": "always"}),
+                None,
+            ),
+            regular(),
+            Err("cannot run native sidecars"),
+        ),
+        (
+            "native always, support not known yet",
+            deployment(
+                json!({"leader-election/enabled": "true", "leader-election/native-sidecar": "always"}),
+                None,
+            ),
+            ctx(NativeMode::Auto, None),
+            Ok(()),
+        ),
+        (
+            "a CronJob's template",
+            json!({"kind": "CronJob", "metadata": {"annotations": {}},
+                   "spec": {"jobTemplate": {"spec": {"template": {
+                       "metadata": {"annotations": {"leader-election/enabled": "true"}},
+                       "spec": {"containers": [old_sidecar.clone()]}}}}}}),
+            regular(),
+            Err("leader-elector:0.4"),
+        ),
+        (
+            "fine",
+            deployment(json!({"leader-election/enabled": "true"}), None),
+            regular(),
+            Ok(()),
+        ),
+    ];
+    for (what, input, c, want) in cases {
+        match (applied_workload(&input, &c), want) {
+            (Ok(()), Ok(())) => {}
+            (Err(msg), Err(sub)) => {
+                assert!(msg.contains(sub), "{what}: {msg}");
+                assert!(
+                    msg.starts_with("the pod template would be refused"),
+                    "{what}: {msg}"
+                );
+            }
+            (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+        }
+    }
 }

@@ -32,11 +32,24 @@ fn container(name: String) -> impl Strategy<Value = Value> {
     (
         env_list(),
         maybe(prop_oneof![Just(80), Just(4040), Just(5050)]),
+        // Now and then the leader-elector:0.4 image, which must be refused, never patched.
+        prop_oneof![
+            6 => Just("img"),
+            1 => Just("gcr.io/google_containers/leader-elector:0.4"),
+        ],
+        // Guaranteed, Burstable or no resources: the elector follows the pod's QoS.
+        maybe(prop_oneof![
+            Just(json!({"limits": {"cpu": "1", "memory": "1Gi"}})),
+            Just(json!({"requests": {"cpu": "1"}, "limits": {"cpu": "2", "memory": "1Gi"}})),
+        ]),
     )
-        .prop_map(move |(env, port)| {
+        .prop_map(move |(env, port, image, resources)| {
             let mut c = Map::new();
             c.insert("name".into(), json!(name));
-            c.insert("image".into(), json!("img"));
+            c.insert("image".into(), json!(image));
+            if let Some(r) = resources {
+                c.insert("resources".into(), r);
+            }
             if let Some(e) = env {
                 c.insert("env".into(), e);
             }
@@ -49,13 +62,22 @@ fn container(name: String) -> impl Strategy<Value = Value> {
 
 fn containers() -> impl Strategy<Value = Vec<Value>> {
     // Unique names, occasionally one called like the elector (a pod injected before).
-    prop::sample::subsequence(vec!["app", "sidecar", "leader-elector", "worker"], 1..4)
-        .prop_flat_map(|names| {
-            names
-                .into_iter()
-                .map(|n| container(n.to_string()))
-                .collect::<Vec<_>>()
-        })
+    prop::sample::subsequence(
+        vec![
+            "app",
+            "sidecar",
+            "leader-elector",
+            "leader-election",
+            "worker",
+        ],
+        1..4,
+    )
+    .prop_flat_map(|names| {
+        names
+            .into_iter()
+            .map(|n| container(n.to_string()))
+            .collect::<Vec<_>>()
+    })
 }
 
 fn annotations() -> impl Strategy<Value = Option<Value>> {
@@ -78,22 +100,43 @@ fn annotations() -> impl Strategy<Value = Option<Value>> {
         maybe(prop_oneof![Just("injected"), Just("other")]),
         maybe(prop_oneof![Just("30s"), Just("1s")]),
         any::<bool>(),
+        (
+            maybe(prop_oneof![Just("50m"), Just("0.2"), Just("x")]),
+            maybe(prop_oneof![Just("100m"), Just("20m")]),
+            maybe(prop_oneof![Just("64Mi"), Just("8Mi"), Just("16m")]),
+            maybe(prop_oneof![Just("3s"), Just("9s")]),
+        ),
     )
-        .prop_map(|(en, lease, port, native, status, dur, present)| {
-            let mut a = Map::new();
-            let mut put = |k: &str, v: Option<&str>| {
-                if let Some(v) = v {
-                    a.insert(k.into(), json!(v));
-                }
-            };
-            put("leader-election/enabled", en);
-            put("leader-election/lease-name", lease);
-            put("leader-election/port", port);
-            put("leader-election/native-sidecar", native);
-            put("leader-election/status", status);
-            put("leader-election/lease-duration", dur);
-            (present || !a.is_empty()).then_some(Value::Object(a))
-        })
+        .prop_map(
+            |(
+                en,
+                lease,
+                port,
+                native,
+                status,
+                dur,
+                present,
+                (cpu, cpu_limit, mem_limit, renew),
+            )| {
+                let mut a = Map::new();
+                let mut put = |k: &str, v: Option<&str>| {
+                    if let Some(v) = v {
+                        a.insert(k.into(), json!(v));
+                    }
+                };
+                put("leader-election/enabled", en);
+                put("leader-election/lease-name", lease);
+                put("leader-election/port", port);
+                put("leader-election/native-sidecar", native);
+                put("leader-election/status", status);
+                put("leader-election/lease-duration", dur);
+                put("leader-election/cpu-request", cpu);
+                put("leader-election/cpu-limit", cpu_limit);
+                put("leader-election/memory-limit", mem_limit);
+                put("leader-election/renew-interval", renew);
+                (present || !a.is_empty()).then_some(Value::Object(a))
+            },
+        )
 }
 
 prop_compose! {
@@ -151,14 +194,14 @@ prop_compose! {
     }
 }
 
-fn ctx_strategy() -> impl Strategy<Value = (NativeMode, bool)> {
+fn ctx_strategy() -> impl Strategy<Value = (NativeMode, Option<bool>)> {
     (
         prop_oneof![
             Just(NativeMode::Auto),
             Just(NativeMode::Always),
             Just(NativeMode::Never)
         ],
-        any::<bool>(),
+        maybe(any::<bool>()),
     )
 }
 
@@ -201,6 +244,17 @@ proptest! {
                         once["metadata"]["annotations"]["leader-election/status"].as_str(),
                         Some("injected")
                     );
+                    // Never injected next to the old sidecar.
+                    prop_assert!(
+                        !spec.containers.iter().chain(spec.init_containers.iter().flatten())
+                            .any(|c| c.image.as_deref() == Some("gcr.io/google_containers/leader-elector:0.4")
+                                || c.name == "leader-election"),
+                        "injected next to the leader-elector:0.4 sidecar"
+                    );
+                    // A native elector is the first init container.
+                    if let Some(i) = spec.init_containers.as_ref().and_then(|l| l.iter().position(|c| c.name == contract::CONTAINER_NAME)) {
+                        prop_assert_eq!(i, 0);
+                    }
                     for c in spec.containers.iter().filter(|c| c.name != contract::CONTAINER_NAME) {
                         let env = c.env.as_deref().unwrap_or_default();
                         for name in ["LEADER_ELECTION_URL", "LEADER_ELECTION_LEASE_NAME", "LEADER_ELECTION_IDENTITY"] {

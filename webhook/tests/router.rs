@@ -311,3 +311,141 @@ async fn leader_label_gives_the_elector_no_flag_and_makes_no_call() {
     );
     assert!(app.cluster.calls().is_empty(), "{:?}", app.cluster.calls());
 }
+
+/// Posts `v` (an AdmissionReview) and returns the response and the patched object.
+async fn admit_value(
+    app: &App,
+    v: serde_json::Value,
+) -> (webhook::admission::ReviewResponse, serde_json::Value) {
+    let r = review(app, serde_json::to_vec(&v).unwrap()).await;
+    let mut obj = v["request"]["object"].clone();
+    if let Some(p) = &r.response.patch {
+        let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, p).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+        json_patch::patch(&mut obj, &patch).unwrap();
+    }
+    (r, obj)
+}
+
+fn old_sidecar() -> serde_json::Value {
+    json!({"name": "leader-elector", "image": "gcr.io/google_containers/leader-elector:0.4",
+           "args": ["--election=web", "--http=0.0.0.0:4040"], "ports": [{"containerPort": 4040}]})
+}
+
+#[tokio::test]
+async fn old_sidecar_pod_is_refused_with_the_migration() {
+    let app = app();
+    let mut v = fixture_json("pod-generatename.json");
+    v["request"]["object"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(old_sidecar());
+    let (r, _) = admit_value(&app, v).await;
+    assert!(!r.response.allowed);
+    assert!(r.response.patch.is_none());
+    let status = r.response.status.unwrap();
+    assert_eq!(status.code, 403);
+    for want in [
+        "leader-elector:0.4",
+        "remove that container",
+        "Endpoints",
+        "Lease",
+    ] {
+        assert!(status.message.contains(want), "{want}: {}", status.message);
+    }
+    assert_eq!(app.state.metrics.admissions(Outcome::Denied), 1);
+    assert!(app.cluster.calls().is_empty());
+}
+
+#[tokio::test]
+async fn deployment_with_the_old_sidecar_is_refused_when_annotated() {
+    let app = app();
+    let mut v = fixture_json("deployment-annotate.json");
+    v["request"]["object"]["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(old_sidecar());
+    let (r, _) = admit_value(&app, v.clone()).await;
+    assert!(!r.response.allowed);
+    let msg = r.response.status.unwrap().message;
+    assert!(
+        msg.starts_with("the pod template would be refused") && msg.contains("leader-elector:0.4"),
+        "{msg}"
+    );
+    // Without the annotation it is none of our business.
+    v["request"]["object"]["metadata"]["annotations"] = json!({});
+    let (r, d) = admit_value(&app, v.clone()).await;
+    assert!(r.response.allowed);
+    assert_eq!(d, v["request"]["object"]);
+}
+
+#[tokio::test]
+async fn native_always_follows_the_cached_cluster_fact() {
+    let app = app();
+    let mut v = fixture_json("pod-generatename.json");
+    v["request"]["object"]["metadata"]["annotations"]["leader-election/native-sidecar"] =
+        json!("always");
+    v["request"]["object"]["spec"]["initContainers"] =
+        json!([{"name": "wait-for-leader", "image": "busybox"}]);
+    // Not known yet (first probe failed): honoured.
+    assert_eq!(app.state.native.known(), None);
+    let (r, pod) = admit_value(&app, v.clone()).await;
+    assert!(r.response.allowed);
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["name"],
+        contract::CONTAINER_NAME
+    );
+    // Known unsupported: refused, saying why and what to do.
+    app.state.native.set(false);
+    let (r, _) = admit_value(&app, v.clone()).await;
+    assert!(!r.response.allowed);
+    let msg = r.response.status.unwrap().message;
+    assert!(
+        msg.contains("leader-election/native-sidecar")
+            && msg.contains("1.29")
+            && msg.contains("\"auto\""),
+        "{msg}"
+    );
+    // Supported: first init container, with a startup probe; the user's init container after
+    // it gets the URL.
+    app.state.native.set(true);
+    let (r, pod) = admit_value(&app, v).await;
+    assert!(r.response.allowed);
+    let inits = pod["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(inits[0]["name"], contract::CONTAINER_NAME);
+    assert_eq!(inits[0]["restartPolicy"], "Always");
+    assert_eq!(inits[0]["startupProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(inits[1]["name"], "wait-for-leader");
+    assert_eq!(inits[1]["env"][0]["name"], "LEADER_ELECTION_URL");
+    assert!(app.cluster.calls().is_empty());
+}
+
+#[tokio::test]
+async fn guaranteed_pod_gets_a_guaranteed_elector() {
+    let app = app();
+    let mut v = fixture_json("pod-generatename.json");
+    v["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}});
+    v["request"]["object"]["metadata"]["annotations"]["leader-election/cpu-limit"] = json!("20m");
+    let (r, pod) = admit_value(&app, v).await;
+    assert!(r.response.allowed);
+    let e = container(&pod, contract::CONTAINER_NAME).unwrap();
+    assert_eq!(
+        e["resources"],
+        json!({"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"cpu": "20m", "memory": "32Mi"}})
+    );
+}
+
+#[tokio::test]
+async fn bad_resource_annotation_is_denied_with_its_name_and_form() {
+    let app = app();
+    let mut v = fixture_json("pod-generatename.json");
+    v["request"]["object"]["metadata"]["annotations"]["leader-election/memory-limit"] =
+        json!("lots");
+    let (r, _) = admit_value(&app, v).await;
+    assert!(!r.response.allowed);
+    let msg = r.response.status.unwrap().message;
+    assert!(
+        msg.contains("leader-election/memory-limit=\"lots\"") && msg.contains("\"32Mi\""),
+        "{msg}"
+    );
+}

@@ -6,9 +6,11 @@ use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::settings::{self, Denial, NativeMode, PodSettings};
+use super::{legacy, resources};
 
 /// Projected volume giving the elector its own API credentials (see [`elector_volume`]).
 pub const API_ACCESS_VOLUME: &str = "leader-elector-api-access";
@@ -27,8 +29,9 @@ pub struct PodContext<'a> {
     pub image_pull_policy: &'a str,
     /// The webhook's `--native-sidecar` mode; a pod annotation overrides it.
     pub native_mode: NativeMode,
-    /// Cached cluster capability used by [`NativeMode::Auto`].
-    pub native_supported: bool,
+    /// Cached cluster capability: `Some(false)` refuses [`NativeMode::Always`], and
+    /// [`NativeMode::Auto`] injects natively only on `Some(true)`. `None`: not known (yet).
+    pub native_supported: Option<bool>,
 }
 
 /// Why a pod is admitted unchanged.
@@ -57,6 +60,8 @@ pub struct Plan {
     pub service_account: String,
     /// The elector is already there (reinvocation or re-admission): only env vars may be added.
     pub already_injected: bool,
+    /// The elector's `resources` (JSON), from the annotations and the pod's QoS.
+    pub resources: Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,12 +88,12 @@ fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
 }
 
 fn elector_container(pod: &Pod) -> Option<&Container> {
-    all_containers(pod).find(|c| c.name == contract::CONTAINER_NAME)
+    all_containers(pod).find(|c| legacy::is_our_elector(c))
 }
 
 /// Whether the elector was injected already. The container decides, not the status annotation:
 /// a pod copied from an injected one (annotation kept, container dropped) asked for an elector
-/// and must get one.
+/// and must get one. A leader-elector:0.4 sidecar of the same name is not ours.
 pub fn is_injected(pod: &Pod) -> bool {
     elector_container(pod).is_some()
 }
@@ -166,26 +171,13 @@ pub fn inspect_pod(pod: &Pod, namespace: &str) -> Result<Inspection, Denial> {
     };
     let already_injected = is_injected(pod);
     let lease = match injected_lease(pod) {
-        Some(l) if already_injected => l,
-        _ => resolve_lease(&pod.metadata, &settings)?,
+        Some(l) if already_injected => Ok(l),
+        _ => resolve_lease(&pod.metadata, &settings),
     };
-    if !already_injected {
-        let clash = all_containers(pod).find(|c| {
-            c.ports
-                .iter()
-                .flatten()
-                .any(|p| p.container_port == i32::from(settings.port))
-        });
-        if let Some(c) = clash {
-            return Err(Denial(format!(
-                "container {:?} already uses port {}, which the elector needs: set the \
-                 annotation {} to a free port (1024-65535)",
-                c.name,
-                settings.port,
-                ann::PORT
-            )));
-        }
-    }
+    // The old sidecar first: its port would clash too, and its message says what to do.
+    legacy::refuse(spec, lease.as_ref().ok().map(String::as_str))?;
+    let lease = lease?;
+    let resources = check_spec(spec, &settings, already_injected)?;
     let current = spec
         .service_account_name
         .as_deref()
@@ -197,7 +189,96 @@ pub fn inspect_pod(pod: &Pod, namespace: &str) -> Result<Inspection, Denial> {
         lease,
         service_account: current.to_string(),
         already_injected,
+        resources,
     })))
+}
+
+/// What a pod spec asking for the elector must allow, besides its annotations: the elector's
+/// port free, and resources that keep a Guaranteed pod Guaranteed. Returns the elector's
+/// `resources`.
+fn check_spec(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    settings: &PodSettings,
+    already_injected: bool,
+) -> Result<Value, Denial> {
+    if !already_injected {
+        let clash = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| {
+                c.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.container_port == i32::from(settings.port))
+            });
+        if let Some(c) = clash {
+            return Err(Denial(format!(
+                "container {:?} already uses port {}, which the elector needs: set the \
+                 annotation {} to a free port (1024-65535)",
+                c.name,
+                settings.port,
+                ann::PORT
+            )));
+        }
+    }
+    let r = resources::elector_resources(&settings.resources, resources::pod_is_guaranteed(spec))?;
+    Ok(resources::to_json(&r))
+}
+
+/// Refuses native-sidecar `always` where the cluster is known not to run native sidecars: the
+/// pod would wait in `Init:0/1` forever (or the API server would drop the field).
+pub fn check_native(settings: &PodSettings, ctx: &PodContext<'_>) -> Result<(), Denial> {
+    if ctx.native_supported != Some(false) {
+        return Ok(());
+    }
+    let why = "this cluster cannot run native sidecars (init containers with restartPolicy \
+               Always need Kubernetes 1.29 or later on the API server and on every node's \
+               kubelet)";
+    match settings.native {
+        Some(NativeMode::Always) => Err(Denial(format!(
+            "annotation {}=\"always\" cannot be honoured: {why}; set it to \"auto\" (a regular \
+             container where native sidecars are not supported) or \"never\", or upgrade the \
+             cluster",
+            ann::NATIVE_SIDECAR
+        ))),
+        None if ctx.native_mode == NativeMode::Always => Err(Denial(format!(
+            "the webhook runs with --native-sidecar=always, which cannot be honoured: {why}; \
+             annotate the pod template {}=\"auto\" or \"never\", ask the cluster admin to \
+             run the webhook with --native-sidecar=auto, or upgrade the cluster",
+            ann::NATIVE_SIDECAR
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The refusals a workload's pod template would meet, told at `kubectl apply` instead of in the
+/// ReplicaSet's events: the old sidecar, native `always` on a cluster without native sidecars,
+/// resources that cannot keep the pod Guaranteed. (Annotation values are checked by
+/// propagation; the Lease name is only known per pod.)
+pub fn check_template(
+    meta: &ObjectMeta,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    ctx: &PodContext<'_>,
+) -> Result<(), Denial> {
+    let annotations = meta.annotations.as_ref();
+    if !settings::enabled(annotations).unwrap_or(false) {
+        return Ok(());
+    }
+    legacy::refuse(spec, None)?;
+    let Ok(settings) = settings::parse_settings(annotations) else {
+        return Ok(());
+    };
+    let injected = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(legacy::is_our_elector);
+    check_spec(spec, &settings, injected)?;
+    if !injected {
+        check_native(&settings, ctx)?;
+    }
+    Ok(())
 }
 
 pub(super) fn ptr<'t>(tokens: impl IntoIterator<Item: Into<Token<'t>>>) -> PointerBuf {
@@ -254,9 +335,14 @@ pub fn elector(plan: &Plan, ctx: &PodContext<'_>, native: bool) -> Value {
     // The leader label is the controller's job (it watches the Lease); the elector needs no
     // pods permission.
     args.extend(s.timings.flag_args());
-    let probe = |path: &str, period: u32| {
+    args.push(format!(
+        "--{}={}",
+        flags::RENEW_INTERVAL,
+        contract::format_duration(s.effective_renew_interval())
+    ));
+    let probe = |path: &str, period: u32, failures: u32| {
         json!({"httpGet": {"path": path, "port": s.port, "scheme": "HTTP"},
-               "periodSeconds": period, "timeoutSeconds": 1, "failureThreshold": 3})
+               "periodSeconds": period, "timeoutSeconds": 1, "failureThreshold": failures})
     };
     let mut c = json!({
         "name": contract::CONTAINER_NAME,
@@ -265,9 +351,12 @@ pub fn elector(plan: &Plan, ctx: &PodContext<'_>, native: bool) -> Value {
         "args": args,
         "env": [field_env(env::POD_NAME, "metadata.name"), field_env(env::POD_NAMESPACE, "metadata.namespace")],
         "ports": [{"name": PORT_NAME, "containerPort": s.port, "protocol": "TCP"}],
-        "livenessProbe": probe(http::HEALTHZ_PATH, 10),
-        "readinessProbe": probe(http::READYZ_PATH, 5),
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+        "livenessProbe": probe(http::HEALTHZ_PATH, 10, 3),
+        // Ready = `localhost:<port>` answers, which is what the app relies on. Not `/readyz`:
+        // that fails during an API server outage longer than a lease, and a sidecar's readiness
+        // is the pod's, so every replica (standbys that serve too) would leave its Services.
+        "readinessProbe": probe(http::HEALTHZ_PATH, 5, 3),
+        "resources": plan.resources,
         "securityContext": {
             "runAsNonRoot": true,
             "runAsUser": contract::deploy::RUN_AS_USER,
@@ -282,6 +371,9 @@ pub fn elector(plan: &Plan, ctx: &PodContext<'_>, native: bool) -> Value {
     });
     if native && let Some(obj) = c.as_object_mut() {
         obj.insert("restartPolicy".into(), json!("Always"));
+        // The kubelet starts the next init container, and at last the app, once this passes:
+        // polled every second, for up to a minute (a CPU-limited elector starts slower).
+        obj.insert("startupProbe".into(), probe(http::HEALTHZ_PATH, 1, 60));
     }
     c
 }
@@ -291,7 +383,7 @@ pub fn use_native(settings: &PodSettings, ctx: &PodContext<'_>) -> bool {
     match settings.native.unwrap_or(ctx.native_mode) {
         NativeMode::Always => true,
         NativeMode::Never => false,
-        NativeMode::Auto => ctx.native_supported,
+        NativeMode::Auto => ctx.native_supported == Some(true),
     }
 }
 
@@ -304,6 +396,34 @@ fn append(ops: &mut Vec<PatchOperation>, base: &[&str], field: &str, present: bo
         ops.push(add(path, value));
     } else {
         ops.push(add(path, Value::Array(vec![value])));
+    }
+}
+
+/// Adds the app env a container lacks (never the elector's own).
+fn env_ops(ops: &mut Vec<PatchOperation>, list: &str, i: usize, c: &Container, wanted: &[Value]) {
+    if legacy::is_our_elector(c) {
+        return;
+    }
+    let have = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
+    let missing: Vec<Value> = wanted
+        .iter()
+        .filter(|v| !have(v["name"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let idx = i.to_string();
+    let base = ["spec", list, idx.as_str()];
+    if c.env.is_some() {
+        for v in missing {
+            append(ops, &base, "env", true, v);
+        }
+    } else {
+        ops.push(add(
+            ptr(base.iter().copied().chain(["env"])),
+            Value::Array(missing),
+        ));
     }
 }
 
@@ -323,6 +443,23 @@ pub fn build_patch(pod: &Pod, plan: &Plan, ctx: &PodContext<'_>) -> Option<Patch
         )),
         Some(_) => {}
     }
+    // Where the elector is (or goes): as a native sidecar, user init containers run after it
+    // and get the app env too.
+    let native = if plan.already_injected {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .any(legacy::is_our_elector)
+    } else {
+        use_native(&plan.settings, ctx)
+    };
+    let wanted = app_env(plan);
+    // Init containers first, at their indices before the elector is inserted at 0.
+    if native {
+        for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+            env_ops(&mut ops, "initContainers", i, c, &wanted);
+        }
+    }
     if !plan.already_injected {
         let volumes = spec.volumes.as_ref();
         if !volumes.is_some_and(|v| v.iter().any(|v| v.name == API_ACCESS_VOLUME)) {
@@ -334,53 +471,68 @@ pub fn build_patch(pod: &Pod, plan: &Plan, ctx: &PodContext<'_>) -> Option<Patch
                 elector_volume(),
             );
         }
-        let native = use_native(&plan.settings, ctx);
-        let (field, present) = if native {
-            ("initContainers", spec.init_containers.is_some())
+        let c = elector(plan, ctx, native);
+        if !native {
+            append(&mut ops, &["spec"], "containers", true, c);
+        } else if spec.init_containers.is_some() {
+            // First, so that every other init container can use it.
+            ops.push(add(ptr(["spec", "initContainers", "0"]), c));
         } else {
-            ("containers", true)
-        };
-        append(
-            &mut ops,
-            &["spec"],
-            field,
-            present,
-            elector(plan, ctx, native),
-        );
+            ops.push(add(ptr(["spec", "initContainers"]), json!([c])));
+        }
     }
-    let wanted = app_env(plan);
     for (i, c) in spec.containers.iter().enumerate() {
-        if c.name == contract::CONTAINER_NAME {
-            continue;
-        }
-        let have = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
-        let missing: Vec<Value> = wanted
-            .iter()
-            .filter(|v| !have(v["name"].as_str().unwrap_or_default()))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            continue;
-        }
-        let idx = i.to_string();
-        let base = ["spec", "containers", idx.as_str()];
-        if c.env.is_some() {
-            for v in missing {
-                append(&mut ops, &base, "env", true, v);
-            }
-        } else {
-            ops.push(add(
-                ptr(base.iter().copied().chain(["env"])),
-                Value::Array(missing),
-            ));
-        }
+        env_ops(&mut ops, "containers", i, c, &wanted);
     }
     (!ops.is_empty()).then_some(Patch(ops))
 }
 
+/// The pod template as it will be stored (propagation applied): the refusals its pods would
+/// meet are told now, at `kubectl apply`. A workload being deleted is left alone.
+pub fn check_workload(
+    object: &Value,
+    patch: Option<&json_patch::Patch>,
+    ctx: &PodContext<'_>,
+) -> Result<(), Denial> {
+    if object.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok(());
+    }
+    let mut after = object.clone();
+    if let Some(p) = patch
+        && json_patch::patch(&mut after, p).is_err()
+    {
+        // Our own patch of this very object; if it did not apply, the API server says so.
+        return Ok(());
+    }
+    let template = after
+        .pointer("/spec/template")
+        .or_else(|| after.pointer("/spec/jobTemplate/spec/template"));
+    let Some(t) = template else {
+        return Ok(());
+    };
+    let Ok(t) = k8s_openapi::api::core::v1::PodTemplateSpec::deserialize(t) else {
+        // An undecodable template is the API server's to refuse, with its own message.
+        return Ok(());
+    };
+    let (meta, spec) = (t.metadata.unwrap_or_default(), t.spec.unwrap_or_default());
+    check_template(&meta, &spec, ctx)
+        .map_err(|d| Denial(format!("the pod template would be refused: {d}")))
+}
+
+/// [`inspect_pod`], then the checks that need the cluster's facts.
+pub fn plan_pod(pod: &Pod, ctx: &PodContext<'_>) -> Result<Inspection, Denial> {
+    let inspection = inspect_pod(pod, ctx.namespace)?;
+    if let Inspection::Inject(plan) = &inspection
+        && !plan.already_injected
+    {
+        check_native(&plan.settings, ctx)?;
+    }
+    Ok(inspection)
+}
+
 /// Inspects and, when the pod opted in, builds its patch.
 pub fn mutate_pod(pod: &Pod, ctx: &PodContext<'_>) -> Result<PodMutation, Denial> {
-    match inspect_pod(pod, ctx.namespace)? {
+    match plan_pod(pod, ctx)? {
         Inspection::Skip(reason) => Ok(PodMutation {
             patch: None,
             plan: None,

@@ -236,7 +236,7 @@ async fn dispatch<C: Cluster>(
     if is_pod {
         pod(state, &req, object, namespace)
     } else {
-        workload(uid, object)
+        workload(state, uid, object, namespace)
     }
 }
 
@@ -271,7 +271,14 @@ fn pod<C: Cluster>(
             );
         }
     };
-    let plan = match patch::inspect_pod(&pod, namespace) {
+    let ctx = PodContext {
+        namespace,
+        image: &state.inject.image,
+        image_pull_policy: &state.inject.image_pull_policy,
+        native_mode: state.inject.native_mode,
+        native_supported: state.native.known(),
+    };
+    let plan = match patch::plan_pod(&pod, &ctx) {
         Err(d) => {
             tracing::info!(reason = %d, "pod refused");
             return (Outcome::Denied, ResponseBody::deny(uid, 403, d.0));
@@ -283,13 +290,6 @@ fn pod<C: Cluster>(
         Ok(Inspection::Inject(plan)) => plan,
     };
     let sa = plan.service_account.as_str();
-    let ctx = PodContext {
-        namespace,
-        image: &state.inject.image,
-        image_pull_policy: &state.inject.image_pull_policy,
-        native_mode: state.inject.native_mode,
-        native_supported: state.native.get(),
-    };
     let patch = patch::build_patch(&pod, &plan, &ctx);
     let outcome = if plan.already_injected {
         tracing::debug!(added = patch.is_some(), "pod already injected");
@@ -307,7 +307,12 @@ fn pod<C: Cluster>(
     (outcome, ResponseBody::allow(uid).with_patch(patch))
 }
 
-fn workload(uid: &str, object: &DynamicObject) -> (Outcome, ResponseBody) {
+fn workload<C: Cluster>(
+    state: &AppState<C>,
+    uid: &str,
+    object: &DynamicObject,
+    namespace: &str,
+) -> (Outcome, ResponseBody) {
     let value = match serde_json::to_value(object) {
         Ok(v) => v,
         Err(e) => {
@@ -323,6 +328,17 @@ fn workload(uid: &str, object: &DynamicObject) -> (Outcome, ResponseBody) {
             (Outcome::Denied, ResponseBody::deny(uid, 403, d.0))
         }
         Ok(m) => {
+            let ctx = PodContext {
+                namespace,
+                image: &state.inject.image,
+                image_pull_policy: &state.inject.image_pull_policy,
+                native_mode: state.inject.native_mode,
+                native_supported: state.native.known(),
+            };
+            if let Err(d) = patch::check_workload(&value, m.patch.as_ref(), &ctx) {
+                tracing::info!(reason = %d, "workload refused");
+                return (Outcome::Denied, ResponseBody::deny(uid, 403, d.0));
+            }
             let outcome = if m.patch.is_some() {
                 tracing::info!(set = ?m.set, removed = ?m.removed, "workload annotations propagated to the pod template");
                 Outcome::WorkloadPropagated

@@ -8,6 +8,8 @@ use std::time::Duration;
 use contract::Timings;
 use contract::annotations as ann;
 
+use super::resources::ResourceSettings;
+
 /// Why a pod or workload is refused; the message is shown to the user by `kubectl`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial(pub String);
@@ -47,10 +49,13 @@ impl FromStr for NativeMode {
 pub struct PodSettings {
     pub lease_name: Option<String>,
     pub timings: Timings,
+    /// `None`: the elector's default ([`Timings::default_renew_interval`]).
+    pub renew_interval: Option<Duration>,
     pub port: u16,
     pub leader_label: bool,
     /// `None`: use the webhook's `--native-sidecar` mode.
     pub native: Option<NativeMode>,
+    pub resources: ResourceSettings,
 }
 
 impl Default for PodSettings {
@@ -58,10 +63,20 @@ impl Default for PodSettings {
         Self {
             lease_name: None,
             timings: Timings::default(),
+            renew_interval: None,
             port: contract::http::DEFAULT_PORT,
             leader_label: false,
             native: None,
+            resources: ResourceSettings::default(),
         }
+    }
+}
+
+impl PodSettings {
+    /// The renew interval the elector is given: the annotation, else the elector's default.
+    pub fn effective_renew_interval(&self) -> Duration {
+        self.renew_interval
+            .unwrap_or_else(|| self.timings.default_renew_interval())
     }
 }
 
@@ -76,7 +91,7 @@ fn expected(key: &str) -> &'static str {
         .unwrap_or("a valid value")
 }
 
-fn invalid(key: &str, value: &str) -> Denial {
+pub(super) fn invalid(key: &str, value: &str) -> Denial {
     Denial(format!(
         "annotation {key}={value:?} is invalid: expected {}",
         expected(key)
@@ -145,6 +160,16 @@ pub fn parse_settings(annotations: Option<&Annotations>) -> Result<PodSettings, 
     s.timings
         .validate((ann::LEASE_DURATION, ann::RENEW_DEADLINE, ann::RETRY_PERIOD))
         .map_err(|e| Denial(format!("invalid lease timings: {e}")))?;
+    if let Some(v) = a.get(ann::RENEW_INTERVAL) {
+        let d = parse_duration(ann::RENEW_INTERVAL, v)?;
+        s.timings
+            .validate_renew_interval(
+                d,
+                (ann::RENEW_INTERVAL, ann::RENEW_DEADLINE, ann::RETRY_PERIOD),
+            )
+            .map_err(|e| Denial(format!("invalid lease timings: {e}")))?;
+        s.renew_interval = Some(d);
+    }
     if let Some(v) = a.get(ann::PORT) {
         s.port = match v.trim().parse::<u16>() {
             Ok(p) if p >= 1024 => p,
@@ -157,6 +182,7 @@ pub fn parse_settings(annotations: Option<&Annotations>) -> Result<PodSettings, 
     if let Some(v) = a.get(ann::NATIVE_SIDECAR) {
         s.native = Some(v.parse().map_err(|()| invalid(ann::NATIVE_SIDECAR, v))?);
     }
+    s.resources = ResourceSettings::parse(a)?;
     Ok(s)
 }
 
@@ -241,6 +267,53 @@ mod tests {
                 Ok(|s| s.native == Some(NativeMode::Never)),
             ),
             (vec![(ann::NATIVE_SIDECAR, "sometimes")], Err("\"auto\"")),
+            (
+                vec![(ann::RENEW_INTERVAL, "8s")],
+                Ok(|s| s.effective_renew_interval() == Duration::from_secs(8)),
+            ),
+            (
+                vec![],
+                Ok(|s| s.effective_renew_interval() == Duration::from_secs(5)),
+            ),
+            (
+                vec![(ann::RENEW_INTERVAL, "later")],
+                Err(ann::RENEW_INTERVAL),
+            ),
+            (vec![(ann::RENEW_INTERVAL, "0s")], Err(ann::RENEW_INTERVAL)),
+            // 9s + the 2s retry period would pass the 10s renew deadline.
+            (vec![(ann::RENEW_INTERVAL, "9s")], Err("at most 8s")),
+            (
+                vec![
+                    (ann::LEASE_DURATION, "60s"),
+                    (ann::RENEW_DEADLINE, "40s"),
+                    (ann::RENEW_INTERVAL, "30s"),
+                ],
+                Ok(|s| s.renew_interval == Some(Duration::from_secs(30))),
+            ),
+            (
+                vec![(ann::CPU_REQUEST, "50m"), (ann::MEMORY_LIMIT, "64Mi")],
+                Ok(|s| {
+                    s.resources.cpu_request.as_ref().unwrap().text == "50m"
+                        && s.resources.memory_limit.as_ref().unwrap().text == "64Mi"
+                }),
+            ),
+            (
+                vec![(ann::CPU_LIMIT, "lots")],
+                Err("a positive CPU quantity"),
+            ),
+            (vec![(ann::CPU_REQUEST, "-1")], Err(ann::CPU_REQUEST)),
+            (
+                vec![(ann::MEMORY_REQUEST, "16MB")],
+                Err(ann::MEMORY_REQUEST),
+            ),
+            (
+                vec![(ann::MEMORY_LIMIT, "32m")],
+                Err("did you mean \"32Mi\""),
+            ),
+            (
+                vec![(ann::CPU_REQUEST, "200m"), (ann::CPU_LIMIT, "0.1")],
+                Err("must not exceed its limit"),
+            ),
         ];
         for (pairs, want) in cases {
             let a = map(&pairs);
