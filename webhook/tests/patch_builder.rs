@@ -5,7 +5,6 @@ use contract::annotations as ann;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use webhook::admission::patch::{self, Inspection, PodContext, SkipReason};
-use webhook::admission::propagate;
 use webhook::admission::settings::NativeMode;
 
 const IMAGE: &str = "example.test/elector:1";
@@ -225,7 +224,7 @@ fn lease_name_resolution_table() {
                 set(v, "/metadata/ownerReferences/0/kind", json!("StatefulSet"));
                 set(v, "/metadata/ownerReferences/0/name", json!("db"));
             },
-            Ok("db"),
+            Ok("statefulset.db"),
         ),
         (
             "replicaset without hash label keeps its name",
@@ -235,7 +234,7 @@ fn lease_name_resolution_table() {
                     .unwrap()
                     .remove("pod-template-hash");
             },
-            Ok("my-app-5d4f8b7c9"),
+            Ok("replicaset.my-app-5d4f8b7c9"),
         ),
         (
             "app.kubernetes.io/name label",
@@ -609,198 +608,4 @@ fn skip_reasons() {
     assert!(m.patch.is_none());
 }
 
-// ---- workloads ----
-
-fn deployment(meta_annotations: Value, template_annotations: Option<Value>) -> Value {
-    let mut template_meta = json!({"labels": {"app": "web"}});
-    if let Some(t) = template_annotations {
-        template_meta["annotations"] = t;
-    }
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "my-app", "namespace": "apps", "annotations": meta_annotations},
-        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": template_meta,
-                              "spec": {"containers": [{"name": "nginx", "image": "nginx:1.25"}]}}}
-    })
-}
-
-fn workload(
-    input: &Value,
-) -> Result<(Value, webhook::admission::propagate::WorkloadMutation), String> {
-    let m = propagate::mutate_workload(input).map_err(|d| d.0)?;
-    let mut out = input.clone();
-    if let Some(p) = &m.patch {
-        json_patch::patch(&mut out, p).map_err(|e| e.to_string())?;
-    }
-    // Idempotent: the result needs no further change.
-    let again = propagate::mutate_workload(&out).map_err(|d| d.0)?;
-    assert!(
-        again.patch.is_none(),
-        "second pass changed {:?}",
-        again.patch
-    );
-    Ok((out, m))
-}
-
-fn tmpl(v: &Value) -> &Value {
-    &v["spec"]["template"]["metadata"]["annotations"]
-}
-
-#[test]
-fn workload_annotation_is_propagated_and_removed() {
-    let annotated = deployment(
-        json!({"leader-election/enabled": "true", "leader-election/lease-name": "shared", "other": "x"}),
-        None,
-    );
-    let (out, m) = workload(&annotated).unwrap();
-    assert_eq!(tmpl(&out)[ann::ENABLED], "true");
-    assert_eq!(tmpl(&out)[ann::LEASE_NAME], "shared");
-    assert_eq!(
-        tmpl(&out)[ann::PROPAGATED],
-        "leader-election/enabled,leader-election/lease-name"
-    );
-    assert!(tmpl(&out).get("other").is_none());
-    assert_eq!(m.set.len(), 2);
-    assert_eq!(out["spec"]["template"]["metadata"]["labels"]["app"], "web");
-
-    // `kubectl annotate deployment my-app leader-election/lease-name-` removes only that.
-    let mut removed = out.clone();
-    removed["metadata"]["annotations"]
-        .as_object_mut()
-        .unwrap()
-        .remove(ann::LEASE_NAME);
-    let (out2, m2) = workload(&removed).unwrap();
-    assert!(tmpl(&out2).get(ann::LEASE_NAME).is_none());
-    assert_eq!(tmpl(&out2)[ann::ENABLED], "true");
-    assert_eq!(tmpl(&out2)[ann::PROPAGATED], "leader-election/enabled");
-    assert_eq!(m2.removed, vec![ann::LEASE_NAME.to_string()]);
-
-    // Removing the last one clears the bookkeeping too.
-    let mut none = out2.clone();
-    none["metadata"]["annotations"] = json!({"other": "x"});
-    let (out3, _) = workload(&none).unwrap();
-    assert_eq!(tmpl(&out3), &json!({}));
-}
-
-#[test]
-fn template_annotations_the_user_set_are_theirs() {
-    // The template already says enabled=true itself; the workload says the same.
-    let input = deployment(
-        json!({"leader-election/enabled": "true"}),
-        Some(json!({"leader-election/enabled": "true", "keep": "me"})),
-    );
-    let m = propagate::mutate_workload(&input).unwrap();
-    assert!(m.patch.is_none(), "nothing to change, no rollout");
-
-    // Removing it from the workload leaves the template's own value alone.
-    let input = deployment(
-        json!({}),
-        Some(json!({"leader-election/enabled": "true", "keep": "me"})),
-    );
-    assert!(propagate::mutate_workload(&input).unwrap().patch.is_none());
-
-    // A different value on the workload wins and is recorded as propagated.
-    let input = deployment(
-        json!({"leader-election/enabled": "false"}),
-        Some(json!({"leader-election/enabled": "true", "keep": "me"})),
-    );
-    let (out, _) = workload(&input).unwrap();
-    assert_eq!(tmpl(&out)[ann::ENABLED], "false");
-    assert_eq!(tmpl(&out)["keep"], "me");
-    assert_eq!(tmpl(&out)[ann::PROPAGATED], ann::ENABLED);
-}
-
-#[test]
-fn workload_table() {
-    type Case = (&'static str, Value, Result<bool, &'static str>);
-    // (what, workload, Ok(patched?) or Err(substring))
-    let cases: Vec<Case> = vec![
-        ("no annotations", deployment(json!({}), None), Ok(false)),
-        (
-            "unrelated annotations",
-            deployment(json!({"a": "b"}), Some(json!({"c": "d"}))),
-            Ok(false),
-        ),
-        (
-            "bad enabled value",
-            deployment(json!({"leader-election/enabled": "maybe"}), None),
-            Err("leader-election/enabled"),
-        ),
-        (
-            "bad timing when enabled",
-            deployment(
-                json!({"leader-election/enabled": "true", "leader-election/lease-duration": "1s"}),
-                None,
-            ),
-            Err("leader-election/renew-deadline"),
-        ),
-        (
-            "template metadata missing",
-            json!({"metadata": {"annotations": {"leader-election/enabled": "true"}},
-                   "spec": {"template": {"spec": {"containers": []}}}}),
-            Ok(true),
-        ),
-        (
-            "being deleted",
-            json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z",
-                                "annotations": {"leader-election/enabled": "true"}},
-                   "spec": {"template": {}}}),
-            Ok(false),
-        ),
-        (
-            "statefulset",
-            json!({"kind": "StatefulSet", "metadata": {"annotations": {"leader-election/enabled": "true"}},
-                   "spec": {"template": {"metadata": {"annotations": {}}}}}),
-            Ok(true),
-        ),
-    ];
-    for (what, input, want) in cases {
-        match (workload(&input), want) {
-            (Ok((out, _)), Ok(patched)) => assert_eq!(out != input, patched, "{what}"),
-            (Err(msg), Err(sub)) => assert!(msg.contains(sub), "{what}: {msg}"),
-            (got, _) => panic!("{what}: unexpected {got:?}"),
-        }
-    }
-}
-
-#[test]
-fn unknown_workload_keys_warn_and_are_not_copied() {
-    let input = deployment(
-        json!({"leader-election/enabled": "true", "leader-election/enable": "true"}),
-        None,
-    );
-    let (out, m) = workload(&input).unwrap();
-    assert!(tmpl(&out).get("leader-election/enable").is_none());
-    assert_eq!(m.warnings.len(), 1);
-    assert!(
-        m.warnings[0].contains("leader-election/enable "),
-        "{:?}",
-        m.warnings
-    );
-}
-
-#[test]
-fn a_bad_template_annotation_is_warned_about_on_the_workload() {
-    // Nothing to propagate, but every pod would be refused: say so on the Deployment.
-    let input = deployment(
-        json!({}),
-        Some(json!({"leader-election/enabled": "true", "leader-election/port": "80"})),
-    );
-    let m = propagate::mutate_workload(&input).unwrap();
-    assert!(m.patch.is_none());
-    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
-    assert!(
-        m.warnings[0].contains(ann::PORT) && m.warnings[0].contains("1024 and 65535"),
-        "{:?}",
-        m.warnings
-    );
-    // A fine template gets no warning.
-    let input = deployment(json!({}), Some(json!({"leader-election/enabled": "true"})));
-    assert!(
-        propagate::mutate_workload(&input)
-            .unwrap()
-            .warnings
-            .is_empty()
-    );
-}
+// Workloads (propagation into the pod template): tests/propagate.rs.

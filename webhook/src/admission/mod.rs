@@ -2,10 +2,12 @@
 //! its answer. Nothing here writes to the API server.
 //!
 //! - [`settings`]: the `leader-election/*` annotations, parsed and validated;
+//! - [`lease_name`]: the Lease of each kind of workload;
 //! - [`patch`]: the pod patch (the elector container, env, token volume);
 //! - [`propagate`]: the workload patch (annotations copied into the pod template);
 //! - [`review`]: decoding a review and turning the outcome into its response.
 
+pub mod lease_name;
 pub mod patch;
 pub mod propagate;
 pub mod review;
