@@ -460,4 +460,39 @@ mod tests {
         .unwrap();
         assert!(pod_desired("ns", &plain).is_empty());
     }
+
+    #[test]
+    fn each_kind_creates_its_default_lease_and_a_taken_one_is_refused() {
+        let t = template(json!({"leader-election/enabled": "true"}), None);
+        let cases = [
+            (Kind::Deployment, "web"),
+            (Kind::StatefulSet, "statefulset.web"),
+            (Kind::DaemonSet, "daemonset.web"),
+            (Kind::Job, "job.web"),
+            (Kind::CronJob, "cronjob.web"),
+            (Kind::Rollout, "rollout.web"),
+        ];
+        for (kind, want) in cases {
+            let mut o = owner();
+            o.kind = kind.as_str().into();
+            let d = workload_desired("ns", kind, o, Some(&t), []);
+            assert_eq!(d.create_lease.as_deref(), Some(want), "{kind:?}");
+            assert_eq!(d.default_lease.as_deref(), Some(want), "{kind:?}");
+            // Created by this unit: its own.
+            assert!(!lease_taken(&d, &lease(&d, want)), "{kind:?}");
+            // Owned by another workload under this unit's default name: taken.
+            let mut other = lease(&d, want);
+            other.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+            assert!(lease_taken(&d, &other), "{kind:?}");
+        }
+        // A name chosen with the annotation may be shared on purpose.
+        let named = template(
+            json!({"leader-election/enabled": "true", "leader-election/lease-name": "shared"}),
+            None,
+        );
+        let d = workload_desired("ns", Kind::Deployment, owner(), Some(&named), []);
+        let mut shared = lease(&d, "shared");
+        shared.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+        assert!(!lease_taken(&d, &shared));
+    }
 }
