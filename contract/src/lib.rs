@@ -203,8 +203,11 @@ pub mod deploy {
     pub const WEBHOOK_CONFIGURATION: &str = "leader-election-webhook";
     /// Webhook entry for pods.
     pub const POD_WEBHOOK: &str = "pods.leader-election.dev";
-    /// Webhook entry for Deployments and StatefulSets.
+    /// Webhook entry for workloads (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob,
+    /// Argo Rollout).
     pub const WORKLOAD_WEBHOOK: &str = "workloads.leader-election.dev";
+    /// Webhook entry for the Jobs a CronJob creates (pins the CronJob's Lease).
+    pub const CRONJOB_JOB_WEBHOOK: &str = "cronjob-jobs.leader-election.dev";
     /// Path the API server posts AdmissionReviews to.
     pub const MUTATE_PATH: &str = "/mutate";
     /// Port the webhook container listens on (the Service maps 443 to it).

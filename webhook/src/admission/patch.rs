@@ -17,7 +17,6 @@ pub const API_ACCESS_VOLUME: &str = "leader-elector-api-access";
 /// Where client libraries (and the elector) look for in-cluster credentials.
 pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const DEFAULT_SERVICE_ACCOUNT: &str = "default";
-const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 const PORT_NAME: &str = "elector-http";
 
 /// Facts the handler resolved before building the patch.
@@ -98,52 +97,22 @@ pub fn is_injected(pod: &Pod) -> bool {
     elector_container(pod).is_some()
 }
 
-/// The workload that owns a pod, as (kind, name): a ReplicaSet owner carrying the pod's
-/// `pod-template-hash` is reported as its Deployment (the name minus `-<hash>`), so the answer is
-/// the same across rollouts. Prefers the controller reference.
-pub fn owning_workload(meta: &ObjectMeta) -> Option<(&str, &str)> {
-    let owners = meta.owner_references.as_deref().unwrap_or_default();
-    let o = owners
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .or_else(|| owners.first())?;
-    if o.kind == "ReplicaSet" {
-        let hash = meta.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH));
-        if let Some(deployment) = hash
-            .filter(|h| !h.is_empty())
-            .and_then(|h| o.name.strip_suffix(h.as_str()))
-            .and_then(|n| n.strip_suffix('-'))
-        {
-            return Some(("Deployment", deployment));
-        }
-    }
-    Some((o.kind.as_str(), o.name.as_str()))
-}
+pub use super::lease_name::owning_workload;
 
-/// Lease name: annotation, else the owning workload, else the app labels. Never the pod's name
-/// (each replica would elect itself).
+/// Lease name: annotation, else the owning workload's (see [`super::lease_name`]), else the app
+/// labels.
 pub fn resolve_lease(meta: &ObjectMeta, settings: &PodSettings) -> Result<String, Denial> {
     if let Some(name) = &settings.lease_name {
         return Ok(name.clone());
     }
-    if let Some((_, name)) = owning_workload(meta)
-        && settings::is_dns_subdomain(name)
-    {
-        return Ok(name.to_string());
-    }
-    let labels = meta.labels.as_ref();
-    for key in ["app.kubernetes.io/name", "app"] {
-        if let Some(v) = labels.and_then(|l| l.get(key))
-            && settings::is_dns_subdomain(v)
-        {
-            return Ok(v.clone());
-        }
-    }
-    Err(Denial(format!(
-        "cannot choose a Lease name for this pod: it has no owning workload and no \
-         app.kubernetes.io/name or app label; set the annotation {}=<name> on the pod template",
-        ann::LEASE_NAME
-    )))
+    super::lease_name::for_pod(meta).ok_or_else(|| {
+        Denial(format!(
+            "cannot choose a Lease name for this pod: its workload's name does not make a valid \
+             Lease name, or it has no owning workload and no app.kubernetes.io/name or app \
+             label; set the annotation {}=<name> on the pod template",
+            ann::LEASE_NAME
+        ))
+    })
 }
 
 /// The Lease an injected elector already uses (its `--election=` argument).

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::admission::patch::{self, Inspection, PodContext};
-use crate::admission::propagate;
 use crate::admission::settings::NativeMode;
+use crate::admission::{lease_name, propagate};
 use crate::cluster::{Cluster, NativeSupport};
 use crate::metrics::{Metrics, Outcome};
 use crate::tls::CertResolver;
@@ -198,8 +198,8 @@ async fn dispatch<C: Cluster>(
         return (Outcome::Skipped, ResponseBody::allow(uid));
     }
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
-    let is_workload =
-        req.kind.group == "apps" && matches!(req.kind.kind.as_str(), "Deployment" | "StatefulSet");
+    let workload_kind = lease_name::Kind::from_kind(&req.kind.group, &req.kind.kind);
+    let is_workload = workload_kind.is_some();
     let handled_op = if is_pod {
         req.operation == Operation::Create
     } else {
@@ -225,7 +225,7 @@ async fn dispatch<C: Cluster>(
         .or(object.metadata.generate_name.as_deref())
         .unwrap_or_default();
     // The workload a log line is about: the pod's owner (a ReplicaSet reported as its
-    // Deployment), or the Deployment/StatefulSet itself.
+    // Deployment), or the workload itself.
     let owner = match patch::owning_workload(&object.metadata) {
         Some((kind, owner)) if is_pod => format!("{kind}/{owner}"),
         _ => format!("{}/{name}", req.kind.kind),
@@ -233,10 +233,16 @@ async fn dispatch<C: Cluster>(
     let span = tracing::Span::current();
     span.record("name", name);
     span.record("workload", owner.as_str());
-    if is_pod {
-        pod(state, &req, object, namespace)
-    } else {
-        workload(state, uid, object, namespace)
+    match workload_kind {
+        Some(kind) if !is_pod => workload(
+            state,
+            uid,
+            kind,
+            object,
+            req.old_object.as_ref(),
+            namespace,
+        ),
+        _ => pod(state, &req, object, namespace),
     }
 }
 
@@ -310,19 +316,24 @@ fn pod<C: Cluster>(
 fn workload<C: Cluster>(
     state: &AppState<C>,
     uid: &str,
+    kind: lease_name::Kind,
     object: &DynamicObject,
+    old: Option<&DynamicObject>,
     namespace: &str,
 ) -> (Outcome, ResponseBody) {
-    let value = match serde_json::to_value(object) {
-        Ok(v) => v,
-        Err(e) => {
+    let (value, old) = match (
+        serde_json::to_value(object),
+        old.map(serde_json::to_value).transpose(),
+    ) {
+        (Ok(v), Ok(o)) => (v, o),
+        (Err(e), _) | (_, Err(e)) => {
             return (
                 Outcome::Error,
                 ResponseBody::deny(uid, 400, format!("cannot read the object: {e}")),
             );
         }
     };
-    match propagate::mutate_workload(&value) {
+    match propagate::mutate_workload(kind, &value, old.as_ref()) {
         Err(d) => {
             tracing::info!(reason = %d, "workload refused");
             (Outcome::Denied, ResponseBody::deny(uid, 403, d.0))

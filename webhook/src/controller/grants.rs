@@ -1,5 +1,6 @@
-//! What the controller wants to exist for one unit (an annotated Deployment, StatefulSet or
-//! standalone pod), decided from objects read from the API server only. Pure: no I/O.
+//! What the controller wants to exist for one unit (an annotated workload of any kind in
+//! [`Kind`], or a standalone pod), decided from objects read from the API server only. Pure: no
+//! I/O.
 //!
 //! A unit gets:
 //! - the Lease its pods use, created ahead with an ownerReference to the unit (garbage-collected
@@ -19,6 +20,7 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+use crate::admission::lease_name::{self, Kind};
 use crate::admission::patch;
 use crate::admission::settings;
 
@@ -77,6 +79,10 @@ pub struct Desired {
     pub create_lease: Option<String>,
     /// Every Lease the unit's pods use (old pods of a rollout may use an older name).
     pub leases: BTreeSet<String>,
+    /// The Lease name the unit's kind and name give (see [`lease_name`]): one that exists with
+    /// another owner is another workload's, not shared (a name chosen with the annotation may be
+    /// shared on purpose).
+    pub default_lease: Option<String>,
     pub service_accounts: BTreeSet<String>,
 }
 
@@ -106,7 +112,11 @@ pub fn pod_grant(pod: &Pod) -> Option<(String, String)> {
 
 /// The Lease a workload's new pods will use, when its pod template opts in with valid settings
 /// (pods with invalid ones are refused by admission anyway).
-pub fn template_lease(workload_name: &str, template: &PodTemplateSpec) -> Option<String> {
+pub fn template_lease(
+    kind: Kind,
+    workload_name: &str,
+    template: &PodTemplateSpec,
+) -> Option<String> {
     let ann = template
         .metadata
         .as_ref()
@@ -117,19 +127,21 @@ pub fn template_lease(workload_name: &str, template: &PodTemplateSpec) -> Option
     let s = settings::parse_settings(ann).ok()?;
     match s.lease_name {
         Some(l) => Some(l),
-        None => settings::is_dns_subdomain(workload_name).then(|| workload_name.to_string()),
+        None => lease_name::for_workload(kind, workload_name),
     }
 }
 
-/// What a Deployment or StatefulSet needs: its template's Lease and ServiceAccount if it is
-/// annotated, plus the Lease and ServiceAccount of each of its injected pods.
+/// What a workload needs: its template's Lease and ServiceAccount if it is annotated, plus the
+/// Lease and ServiceAccount of each of its injected pods.
 pub fn workload_desired<'a>(
     namespace: &str,
+    kind: Kind,
     owner: Owner,
     template: Option<&PodTemplateSpec>,
     pods: impl IntoIterator<Item = &'a Pod>,
 ) -> Desired {
-    let create_lease = template.and_then(|t| template_lease(&owner.name, t));
+    let create_lease = template.and_then(|t| template_lease(kind, &owner.name, t));
+    let default_lease = lease_name::for_workload(kind, &owner.name);
     let mut leases = BTreeSet::new();
     let mut sas = BTreeSet::new();
     if let (Some(l), Some(t)) = (&create_lease, template) {
@@ -147,6 +159,7 @@ pub fn workload_desired<'a>(
         owner,
         create_lease,
         leases,
+        default_lease,
         service_accounts: sas,
     }
 }
@@ -165,6 +178,7 @@ pub fn pod_desired(namespace: &str, pod: &Pod) -> Desired {
         owner,
         create_lease: grant.as_ref().map(|(l, _)| l.clone()),
         leases: grant.iter().map(|(l, _)| l.clone()).collect(),
+        default_lease: None,
         service_accounts: grant.into_iter().map(|(_, sa)| sa).collect(),
     }
 }
@@ -246,6 +260,25 @@ fn owners_match(have: &ObjectMeta, want: &ObjectMeta) -> bool {
             .collect::<BTreeSet<_>>()
     };
     uids(have) == uids(want)
+}
+
+/// Whether an existing Lease (one the controller created) belongs to another workload: it is
+/// this unit's default name but owned by something else (e.g. a Deployment named
+/// `statefulset.web` and StatefulSet `web`).
+pub fn lease_taken(d: &Desired, lease: &Lease) -> bool {
+    let name = lease.metadata.name.as_deref();
+    if d.owner.kind == "Pod" || name.is_none() || name != d.default_lease.as_deref() {
+        return false;
+    }
+    let owners = lease
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default();
+    !owners.is_empty()
+        && !owners
+            .iter()
+            .any(|o| o.uid == d.owner.uid || o.kind == "Pod")
 }
 
 /// Whether a Lease found on the server may be granted: only one the controller created (it
@@ -354,7 +387,7 @@ mod tests {
         for (i, (ann, sa, pods, create, leases, sas)) in cases.into_iter().enumerate() {
             let t = template(ann, sa);
             let pods: Vec<Pod> = pods.iter().map(|(l, s)| injected_pod(l, *s)).collect();
-            let d = workload_desired("ns", owner(), Some(&t), pods.iter());
+            let d = workload_desired("ns", Kind::Deployment, owner(), Some(&t), pods.iter());
             assert_eq!(d.create_lease.as_deref(), create, "case {i}");
             assert_eq!(
                 d.leases.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -376,7 +409,7 @@ mod tests {
     #[test]
     fn role_grants_only_the_named_leases_and_binding_names_the_service_accounts() {
         let t = template(json!({"leader-election/enabled": "true"}), Some("app-sa"));
-        let d = workload_desired("ns", owner(), Some(&t), []);
+        let d = workload_desired("ns", Kind::Deployment, owner(), Some(&t), []);
         let r = role(&d);
         assert_eq!(
             r.metadata.name.as_deref(),
@@ -427,5 +460,40 @@ mod tests {
         )
         .unwrap();
         assert!(pod_desired("ns", &plain).is_empty());
+    }
+
+    #[test]
+    fn each_kind_creates_its_default_lease_and_a_taken_one_is_refused() {
+        let t = template(json!({"leader-election/enabled": "true"}), None);
+        let cases = [
+            (Kind::Deployment, "web"),
+            (Kind::StatefulSet, "statefulset.web"),
+            (Kind::DaemonSet, "daemonset.web"),
+            (Kind::Job, "job.web"),
+            (Kind::CronJob, "cronjob.web"),
+            (Kind::Rollout, "rollout.web"),
+        ];
+        for (kind, want) in cases {
+            let mut o = owner();
+            o.kind = kind.as_str().into();
+            let d = workload_desired("ns", kind, o, Some(&t), []);
+            assert_eq!(d.create_lease.as_deref(), Some(want), "{kind:?}");
+            assert_eq!(d.default_lease.as_deref(), Some(want), "{kind:?}");
+            // Created by this unit: its own.
+            assert!(!lease_taken(&d, &lease(&d, want)), "{kind:?}");
+            // Owned by another workload under this unit's default name: taken.
+            let mut other = lease(&d, want);
+            other.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+            assert!(lease_taken(&d, &other), "{kind:?}");
+        }
+        // A name chosen with the annotation may be shared on purpose.
+        let named = template(
+            json!({"leader-election/enabled": "true", "leader-election/lease-name": "shared"}),
+            None,
+        );
+        let d = workload_desired("ns", Kind::Deployment, owner(), Some(&named), []);
+        let mut shared = lease(&d, "shared");
+        shared.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+        assert!(!lease_taken(&d, &shared));
     }
 }

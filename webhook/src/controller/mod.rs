@@ -1,6 +1,8 @@
 //! The controller: one active replica (elected with the elector library, see [`election`])
 //! reconciles, from objects it reads from the API server and never from admission requests:
-//! - [`workloads`]: the Lease, Role and RoleBinding of each annotated workload;
+//! - [`workloads`]: the Lease, Role and RoleBinding of each annotated workload (Deployment,
+//!   StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, and Argo Rollout when [`rollouts`] finds
+//!   the CRD);
 //! - [`leader_label`]: the `leader-election/role` label on the pods of Leases that asked for it.
 //!
 //! Errors become a Warning event on the object being reconciled and one log line, and the object
@@ -11,6 +13,7 @@ pub mod certs;
 pub mod election;
 pub mod grants;
 pub mod leader_label;
+pub mod rollouts;
 pub mod workloads;
 
 use std::collections::HashMap;
@@ -18,11 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::DynamicObject;
 use kube::{Resource, ResourceExt};
 use kube_runtime::controller::{Action, Controller};
 use kube_runtime::events::{Event, EventType, Recorder, Reporter};
@@ -38,6 +43,11 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub deployments: Store<Deployment>,
     pub statefulsets: Store<StatefulSet>,
+    pub daemonsets: Store<DaemonSet>,
+    pub jobs: Store<Job>,
+    pub cronjobs: Store<CronJob>,
+    /// Argo Rollouts, when the CRD is installed.
+    pub rollouts: Option<Store<DynamicObject>>,
     /// Leases the controller created (label-selected).
     pub leases: Store<Lease>,
     pub roles: Store<Role>,
@@ -59,6 +69,10 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub deployments: Store<Deployment>,
     pub statefulsets: Store<StatefulSet>,
+    pub daemonsets: Store<DaemonSet>,
+    pub jobs: Store<Job>,
+    pub cronjobs: Store<CronJob>,
+    pub rollouts: Option<Store<DynamicObject>>,
     pub leases: Store<Lease>,
     pub roles: Store<Role>,
     pub bindings: Store<RoleBinding>,
@@ -77,6 +91,10 @@ impl Context {
             pods: stores.pods,
             deployments: stores.deployments,
             statefulsets: stores.statefulsets,
+            daemonsets: stores.daemonsets,
+            jobs: stores.jobs,
+            cronjobs: stores.cronjobs,
+            rollouts: stores.rollouts,
             leases: stores.leases,
             roles: stores.roles,
             bindings: stores.bindings,
@@ -92,6 +110,12 @@ impl Context {
         filled("pods", self.pods.wait_until_ready()).await;
         filled("deployments", self.deployments.wait_until_ready()).await;
         filled("statefulsets", self.statefulsets.wait_until_ready()).await;
+        filled("daemonsets", self.daemonsets.wait_until_ready()).await;
+        filled("jobs", self.jobs.wait_until_ready()).await;
+        filled("cronjobs", self.cronjobs.wait_until_ready()).await;
+        if let Some(r) = &self.rollouts {
+            filled("rollouts", r.wait_until_ready()).await;
+        }
         filled("leases", self.leases.wait_until_ready()).await;
         filled("roles", self.roles.wait_until_ready()).await;
         filled("rolebindings", self.bindings.wait_until_ready()).await;
@@ -151,6 +175,21 @@ where
     let delay = ctx.failed(&key);
     tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
     let about = obj.object_ref(&());
+    let note = err.to_string();
+    tokio::spawn(async move { ctx.warn(&about, "ReconcileFailed", note).await });
+    Action::requeue(delay)
+}
+
+/// [`error_policy`] for Argo Rollouts (dynamic objects).
+fn rollout_error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "Rollout/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
+    let delay = ctx.failed(&key);
+    tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    let about = obj.object_ref(&rollouts::api_resource());
     let note = err.to_string();
     tokio::spawn(async move { ctx.warn(&about, "ReconcileFailed", note).await });
     Action::requeue(delay)
@@ -348,6 +387,19 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig) {
     let pods = Controller::new(Api::<Pod>::all(client.clone()), all.clone());
     let deployments = Controller::new(Api::<Deployment>::all(client.clone()), all.clone());
     let statefulsets = Controller::new(Api::<StatefulSet>::all(client.clone()), all.clone());
+    let daemonsets = Controller::new(Api::<DaemonSet>::all(client.clone()), all.clone());
+    let jobs = Controller::new(Api::<Job>::all(client.clone()), all.clone());
+    let cronjobs = Controller::new(Api::<CronJob>::all(client.clone()), all.clone());
+    let rollouts = if rollouts::installed(&client).await {
+        let ar = rollouts::api_resource();
+        Some(Controller::new_with(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            all.clone(),
+            ar,
+        ))
+    } else {
+        None
+    };
     let leases = Controller::new(Api::<Lease>::all(client.clone()), managed.clone());
     let (roles, roles_w) = reflector::store();
     let (bindings, bindings_w) = reflector::store();
@@ -369,6 +421,10 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig) {
             pods: pods.store(),
             deployments: deployments.store(),
             statefulsets: statefulsets.store(),
+            daemonsets: daemonsets.store(),
+            jobs: jobs.store(),
+            cronjobs: cronjobs.store(),
+            rollouts: rollouts.as_ref().map(|r| r.store()),
             leases: leases.store(),
             roles,
             bindings,
@@ -396,6 +452,35 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig) {
             ctx.clone(),
         )
         .for_each(log_result);
+    let daemonsets = daemonsets
+        .run(
+            |o, c| tracked(o.clone(), c.clone(), workloads::reconcile_daemonset(o, c)),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result);
+    let jobs = jobs
+        .run(
+            |o, c| tracked(o.clone(), c.clone(), workloads::reconcile_job(o, c)),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result);
+    let cronjobs = cronjobs
+        .run(
+            |o, c| tracked(o.clone(), c.clone(), workloads::reconcile_cronjob(o, c)),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result);
+    let rollouts = rollouts.map(|r| {
+        r.run(
+            workloads::reconcile_rollout,
+            rollout_error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result)
+    });
     let leases = leases
         .run(
             |o, c| tracked(o.clone(), c.clone(), reconcile_lease(o, c)),
@@ -413,6 +498,12 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig) {
     loops.spawn(pods);
     loops.spawn(deployments);
     loops.spawn(statefulsets);
+    loops.spawn(daemonsets);
+    loops.spawn(jobs);
+    loops.spawn(cronjobs);
+    if let Some(r) = rollouts {
+        loops.spawn(r);
+    }
     loops.spawn(leases);
     loops.spawn(roles_stream);
     loops.spawn(bindings_stream);
