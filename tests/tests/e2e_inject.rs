@@ -27,7 +27,10 @@ async fn inject(input: &str, args: &[&str]) -> Result<String> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| fail("running webhook inject", e.to_string()))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| fail("webhook inject", "no stdin"))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| fail("webhook inject", "no stdin"))?;
     stdin
         .write_all(input.as_bytes())
         .await
@@ -77,7 +80,14 @@ async fn an_offline_injected_deployment_is_admitted_unchanged_and_elects() -> Re
     c.kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&injected))
         .await?;
     c.kubectl_ok(
-        &["-n", &ns, "rollout", "status", "deployment/my-app", "--timeout=240s"],
+        &[
+            "-n",
+            &ns,
+            "rollout",
+            "status",
+            "deployment/my-app",
+            "--timeout=240s",
+        ],
         None,
     )
     .await?;
@@ -96,9 +106,12 @@ async fn an_offline_injected_deployment_is_admitted_unchanged_and_elects() -> Re
     // Three ready pods; each has exactly the template's containers, unchanged by admission
     // (a second elector, or env added by the webhook, would show here).
     let items = eventually("3 ready my-app pods", TIMEOUT, || async {
-        let list = json(c, &["get", "pods", "-n", &ns, "-l", "app=my-app", "-o", "json"])
-            .await
-            .map_err(|e| e.to_string())?;
+        let list = json(
+            c,
+            &["get", "pods", "-n", &ns, "-l", "app=my-app", "-o", "json"],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         if items.len() != 3 {
             return Err(format!("{} pods", items.len()));
@@ -122,10 +135,29 @@ async fn an_offline_injected_deployment_is_admitted_unchanged_and_elects() -> Re
             want.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             "pod {name}"
         );
+        // The ServiceAccount admission plugin (not the webhook) mounts kube-api-access-*.
+        let mounts = |c: &Value| -> Vec<Value> {
+            c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| {
+                    !m["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with("kube-api-access-")
+                })
+                .cloned()
+                .collect()
+        };
         for ((n, have), (_, template)) in got.iter().zip(&want) {
-            for field in ["env", "args", "image", "volumeMounts", "restartPolicy"] {
-                assert_eq!(have[field], template[field], "pod {name}, container {n}, {field}");
+            for field in ["env", "args", "image", "restartPolicy"] {
+                assert_eq!(
+                    have[field], template[field],
+                    "pod {name}, container {n}, {field}"
+                );
             }
+            assert_eq!(mounts(have), mounts(template), "pod {name}, container {n}");
         }
         let volumes = |spec: &Value| -> BTreeSet<String> {
             spec["volumes"]
@@ -137,7 +169,11 @@ async fn an_offline_injected_deployment_is_admitted_unchanged_and_elects() -> Re
                 .map(String::from)
                 .collect()
         };
-        assert_eq!(volumes(&pod["spec"]), volumes(&template["spec"]), "pod {name}");
+        assert_eq!(
+            volumes(&pod["spec"]),
+            volumes(&template["spec"]),
+            "pod {name}"
+        );
     }
     let names: BTreeSet<String> = items
         .iter()
@@ -160,7 +196,15 @@ async fn an_offline_injected_deployment_is_admitted_unchanged_and_elects() -> Re
     // The controller granted exactly that Lease to the pods' ServiceAccount.
     let role = json(
         c,
-        &["get", "role", "leader-election-deployment-my-app", "-n", &ns, "-o", "json"],
+        &[
+            "get",
+            "role",
+            "leader-election-deployment-my-app",
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ],
     )
     .await?;
     assert_eq!(
