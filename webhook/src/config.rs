@@ -25,6 +25,11 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key) for the webhook's Service.
     Certs(CertsArgs),
+    /// Inject the elector into annotated workloads in manifests, offline (GitOps): the patch
+    /// the webhook would apply to their pod templates.
+    Inject(InjectArgs),
+    /// Remove what `inject` added.
+    Uninject(UninjectArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -231,6 +236,59 @@ pub struct CertsArgs {
     pub force: bool,
 }
 
+/// Inputs and outputs of `inject` and `uninject`.
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Files or directories (searched recursively for *.yaml, *.yml, *.json); `-` or nothing
+    /// reads standard input.
+    pub paths: Vec<PathBuf>,
+
+    /// Rewrite the files instead of printing to standard output (only files that change).
+    #[arg(long, short = 'i')]
+    pub in_place: bool,
+
+    /// inject: also emit the Lease, Role and RoleBinding the controller would create;
+    /// uninject: also remove them.
+    #[arg(long)]
+    pub with_rbac: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    #[command(flatten)]
+    pub manifests: ManifestArgs,
+
+    /// Image of the injected elector (as the webhook's --elector-image).
+    #[arg(long, env = "WEBHOOK_ELECTOR_IMAGE", default_value = contract::deploy::DEFAULT_ELECTOR_IMAGE)]
+    pub elector_image: String,
+
+    /// imagePullPolicy of the injected elector.
+    #[arg(long, env = "WEBHOOK_ELECTOR_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub elector_image_pull_policy: String,
+
+    /// The webhook's --native-sidecar mode; a pod annotation overrides it.
+    #[arg(long, env = "WEBHOOK_NATIVE_SIDECAR", value_enum, default_value_t = NativeMode::Auto)]
+    pub native_sidecar: NativeMode,
+
+    /// What `auto` resolves to: whether the target cluster's API server and every kubelet are
+    /// at least 1.29 (the webhook asks the cluster; offline, say it).
+    #[arg(long, env = "WEBHOOK_NATIVE_SIDECAR_SUPPORTED", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub native_sidecar_supported: bool,
+
+    /// Namespace of objects that name none (`kubectl apply -n`): excluded namespaces are left
+    /// alone, and --with-rbac needs one.
+    #[arg(long, short = 'n', env = "WEBHOOK_INJECT_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninjectArgs {
+    #[command(flatten)]
+    pub manifests: ManifestArgs,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,7 +366,7 @@ mod tests {
     fn cross_flag_checks() {
         let serve = |args: &[&str]| match parse(args).unwrap().command {
             Command::Serve(s) => s.validate(),
-            Command::Certs(_) => panic!("not serve"),
+            _ => panic!("not serve"),
         };
         let e = serve(&["serve"]).unwrap_err();
         assert!(e.contains("--self-provision"), "{e}");
@@ -316,5 +374,41 @@ mod tests {
         serve(&["serve", "--tls-cert-file", "c", "--tls-key-file", "k"]).unwrap();
         let e = serve(&["serve", "--self-provision", "--cert-validity", "10d"]).unwrap_err();
         assert!(e.contains("--cert-renew-before (30days)"), "{e}");
+    }
+
+    #[test]
+    fn inject_flags() {
+        let Command::Inject(a) = parse(&["inject"]).unwrap().command else {
+            panic!("not inject");
+        };
+        assert!(a.manifests.paths.is_empty());
+        assert!(a.native_sidecar_supported);
+        assert_eq!(a.native_sidecar, NativeMode::Auto);
+        let Command::Inject(a) = parse(&[
+            "inject",
+            "-i",
+            "a.yaml",
+            "dir",
+            "--with-rbac",
+            "--native-sidecar-supported=false",
+            "-n",
+            "ns",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not inject");
+        };
+        assert_eq!(
+            a.manifests.paths,
+            [PathBuf::from("a.yaml"), PathBuf::from("dir")]
+        );
+        assert!(a.manifests.in_place && a.manifests.with_rbac && !a.native_sidecar_supported);
+        assert_eq!(a.namespace.as_deref(), Some("ns"));
+        assert!(parse(&["inject", "--elector-image-pull-policy", "Sometimes"]).is_err());
+        let Command::Uninject(u) = parse(&["uninject", "-"]).unwrap().command else {
+            panic!("not uninject");
+        };
+        assert_eq!(u.manifests.paths, [PathBuf::from("-")]);
     }
 }

@@ -53,6 +53,9 @@ pub enum Error {
     Config(String),
     #[error("server: {0}")]
     Server(String),
+    /// Problems found in manifests by `inject`/`uninject`, one per line.
+    #[error("{0}")]
+    Manifests(String),
 }
 
 impl Error {

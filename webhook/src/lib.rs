@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod fake;
+pub mod inject;
 pub mod metrics;
 pub mod provision;
 pub mod rbac;
@@ -28,7 +29,7 @@ use clap::Parser;
 use crate::admission::settings::NativeMode;
 use crate::admission::{AppState, InjectConfig};
 use crate::cluster::KubeCluster;
-use crate::config::{CertsArgs, Cli, Command, LogFormat, ServeArgs};
+use crate::config::{CertsArgs, Cli, Command, InjectArgs, LogFormat, ManifestArgs, ServeArgs};
 use crate::controller::ControllerConfig;
 use crate::controller::election::{Election, ElectionConfig};
 use crate::error::{Error, Result};
@@ -42,6 +43,11 @@ pub fn main() -> ExitCode {
     let logging = matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Certs(args) => certs_command(&args),
+        Command::Inject(args) => inject_command(&args),
+        Command::Uninject(args) => {
+            let with_rbac = args.manifests.with_rbac;
+            manifests_command(&args.manifests, &|doc| inject::uninject(doc, with_rbac))
+        }
         Command::Serve(args) => {
             init_logging(args.log_format);
             match tokio::runtime::Builder::new_multi_thread()
@@ -98,6 +104,34 @@ fn certs_command(args: &CertsArgs) -> Result<()> {
         base64::engine::general_purpose::STANDARD.encode(bundle.ca_pem.as_bytes())
     );
     Ok(())
+}
+
+fn inject_command(args: &InjectArgs) -> Result<()> {
+    let opts = inject::Options {
+        image: args.elector_image.clone(),
+        image_pull_policy: args.elector_image_pull_policy.clone(),
+        native_mode: args.native_sidecar,
+        native_supported: args.native_sidecar_supported,
+        namespace: args.namespace.clone(),
+        with_rbac: args.manifests.with_rbac,
+    };
+    manifests_command(&args.manifests, &|doc| inject::inject(doc, &opts))
+}
+
+/// Reads, rewrites (all or nothing), then writes: `inject` and `uninject`.
+fn manifests_command(
+    args: &ManifestArgs,
+    rewrite: &dyn Fn(&mut serde_json::Value) -> std::result::Result<inject::Edit, inject::Problem>,
+) -> Result<()> {
+    let stdin_read = args.paths.is_empty() || args.paths.iter().any(|p| p.as_os_str() == "-");
+    if args.in_place && stdin_read {
+        return Err(Error::Config(
+            "--in-place rewrites files: give file or directory paths, not standard input".into(),
+        ));
+    }
+    let sources = inject::files::read(&args.paths, &mut std::io::stdin().lock())?;
+    let outputs = inject::files::rewrite_all(&sources, rewrite)?;
+    inject::files::write(&outputs, args.in_place, &mut std::io::stdout().lock())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

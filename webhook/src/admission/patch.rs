@@ -263,7 +263,7 @@ fn field_env(name: &str, field_path: &str) -> Value {
 }
 
 /// Env vars every app container gets unless it sets them itself.
-fn app_env(plan: &Plan) -> [Value; 3] {
+pub fn app_env(plan: &Plan) -> [Value; 3] {
     use contract::env;
     [
         json!({"name": env::APP_URL, "value": contract::http::local_url(plan.settings.port)}),
