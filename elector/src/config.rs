@@ -135,10 +135,7 @@ fn hostname() -> Option<String> {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (use e.g. \"15s\", \"1500ms\" or \"1m\")"))
-}
+pub use contract::parse_duration;
 
 /// `0.0.0.0:4040`, `[::]:4040`, `:4040` (all interfaces, as Go's net/http) or `host:4040`.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
