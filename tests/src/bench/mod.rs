@@ -451,8 +451,8 @@ fn webhook_rows(w: &WebhookResult) -> Vec<Row> {
                         bounds,
                     )
                     .note(format!(
-                        "p50 {:.2} ms, {} failed or unanswered of {}",
-                        s.p50_ms, s.failed, s.expected
+                        "p50 {:.2} ms; {} non-200; {} of {} scheduled answered",
+                        s.p50_ms, s.failed, s.ok, s.expected
                     )),
                 );
             }
