@@ -358,7 +358,11 @@ mod tests {
             assert!(e.contains("use e.g."), "{bad}: {e}");
         }
         // What format_duration writes, parse_duration reads back.
-        for d in [Duration::from_secs(15), Duration::from_millis(1500), Duration::from_nanos(7)] {
+        for d in [
+            Duration::from_secs(15),
+            Duration::from_millis(1500),
+            Duration::from_nanos(7),
+        ] {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
     }
