@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The bench (issue 7): measures the RELEASE elector and webhook on a real control plane (etcd +
-# kube-apiserver 1.20.2 + kube-controller-manager) and prints a table of every figure against
-# its target; the JSON report goes to target/bench/latest.json (--out to change).
-# Installs what it needs (control-plane binaries, kubectl, Debian's hey for HTTP load), builds the
-# release binaries, then runs target/release/bench with the given options (--help lists them;
-# --quick is a short smoke run). A full run takes about 10-15 minutes.
+# The bench (issue 14): the RELEASE elector beside client-go's leaderelection (tests/bench/peer,
+# built here), both on one real control plane (Kubernetes as tests/testenv/provision.sh builds it)
+# in the same run, plus the webhook. Prints one table per topic (project, peer, ratio, target,
+# pass/miss), writes every raw sample to target/bench/latest.json and the README's tables to
+# target/bench/performance.md, and exits non-zero when a figure misses its target.
+# Installs what it needs (Kubernetes binaries, hey, the musl target), builds, then runs
+# target/release/bench with the given options (--help lists them; --quick is a short smoke run,
+# a few minutes). A full run takes about 25 minutes.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,12 +21,15 @@ need() { # need <command> <debian package>
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$2" >/dev/null
   command -v "$1" >/dev/null || { echo "bench.sh: $2 installed but $1 is not on PATH" >&2; exit 1; }
 }
-need kubectl kubernetes-client
 need hey hey
+need git git
 
-log "control-plane binaries (the first run builds Kubernetes 1.20.2 from Debian's sources: 5-10 minutes)"
+log "Kubernetes binaries (the first run builds them from Go modules: ~20 minutes)"
 TESTENV_BIN_DIR=$(bash tests/testenv/provision.sh | tail -n 1)
 export TESTENV_BIN_DIR
+
+log "the client-go peer (built once from tests/bench/peer, then cached)"
+peer=$(bash tests/bench/peer/build.sh | tail -n 1)
 
 log "release build of elector, webhook and bench (opt-level z, LTO: a few minutes the first time)"
 cargo build --release -p elector --bin elector -p webhook --bin webhook -p testenv --bin bench
@@ -35,7 +40,8 @@ rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
 cargo build --release --target x86_64-unknown-linux-musl -p elector --bin elector
 
 target="${CARGO_TARGET_DIR:-target}"
-elector_arg=(--elector-bin "$target/x86_64-unknown-linux-musl/release/elector")
-for arg in "$@"; do case "$arg" in --elector-bin*) elector_arg=() ;; esac; done
+args=(--elector-bin "$target/x86_64-unknown-linux-musl/release/elector" --peer-bin "$peer")
+# The webhook logs a line per admission at info, as deployed.
+export WEBHOOK_TEST_LOG="${WEBHOOK_TEST_LOG:-info}"
 log "running the bench ($(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
-exec "$target/release/bench" "${elector_arg[@]}" "$@"
+exec "$target/release/bench" "${args[@]}" "$@"

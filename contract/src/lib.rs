@@ -264,6 +264,17 @@ impl std::fmt::Display for TimingsError {
 
 impl std::error::Error for TimingsError {}
 
+/// The workspace's one duration parser (elector flags, webhook flags and annotations, the bench):
+/// `15s`, `1500ms`, `1m`, `2h 5m`; surrounding spaces are ignored.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!(
+            "{e} in {:?} (use e.g. \"15s\", \"1500ms\" or \"1m\")",
+            s.trim()
+        )
+    })
+}
+
 /// Formats a duration exactly, the way the elector's duration flags (and Go's
 /// `time.ParseDuration`) read it: `15s`, `1500ms`, or nanoseconds when finer.
 pub fn format_duration(d: Duration) -> String {
@@ -373,6 +384,33 @@ impl Timings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_duration_parser() {
+        let ok = [
+            ("15s", 15_000),
+            (" 1500ms ", 1500),
+            ("1m", 60_000),
+            ("1m30s", 90_000),
+            ("2h", 7_200_000),
+            ("0s", 0),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
+        }
+        for bad in ["15", "soon", "", "-1s"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(e.contains("use e.g."), "{bad}: {e}");
+        }
+        // What format_duration writes, parse_duration reads back.
+        for d in [
+            Duration::from_secs(15),
+            Duration::from_millis(1500),
+            Duration::from_nanos(7),
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
 
     #[test]
     fn renew_interval_defaults_and_bounds() {

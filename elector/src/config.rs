@@ -139,10 +139,7 @@ fn hostname() -> Option<String> {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (use e.g. \"15s\", \"1500ms\" or \"1m\")"))
-}
+pub use contract::parse_duration;
 
 /// Where the HTTP API listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

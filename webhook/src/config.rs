@@ -39,7 +39,7 @@ pub enum LogFormat {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 5s, 10m, 365d)"))
+    contract::parse_duration(s)
 }
 
 /// A period or lifetime: zero would make a timer spin (tokio panics on a zero interval) or a

@@ -129,7 +129,7 @@ pub fn is_dns_subdomain(s: &str) -> bool {
 }
 
 fn parse_duration(key: &str, value: &str) -> Result<Duration, Denial> {
-    match humantime::parse_duration(value.trim()) {
+    match contract::parse_duration(value) {
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(invalid(key, value)),
     }

@@ -1,0 +1,244 @@
+//! Real pods on the real cluster (the harness's single-node cluster, the webhook installed as a
+//! user installs it, the example app's 3 replicas): `kubectl delete pod <leader>` → time until
+//! the Lease names a new holder; how often the leader moves per `kubectl rollout restart`. Only
+//! the project runs here: the peer has no image. Everything is read from the cluster (the
+//! Lease, pod statuses), never from what the elector prints.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::stats::{Summary, summarize};
+use crate::cluster::Cluster;
+use crate::error::{Result, fail};
+use crate::wait::eventually;
+
+const APP: &str = "my-app";
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderDelete {
+    pub from: String,
+    pub to: String,
+    /// From `kubectl delete pod` returning to the Lease naming another pod.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Restart {
+    /// Holders the Lease named, in order, from before the restart until its rollout finished.
+    pub holders: Vec<String>,
+    pub leader_moves: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PodsResult {
+    pub deletes: Vec<LeaderDelete>,
+    pub delete: Option<Summary>,
+    pub restarts: Vec<Restart>,
+}
+
+/// Leader moves in a sequence of observed holders: changes to another non-empty holder (an
+/// empty holder between two is a release, not a move).
+pub fn leader_moves(holders: &[String]) -> usize {
+    let named: Vec<&String> = holders.iter().filter(|h| !h.is_empty()).collect();
+    named.windows(2).filter(|w| w[0] != w[1]).count()
+}
+
+async fn holder(c: &Cluster, ns: &str) -> std::result::Result<String, String> {
+    let out = c
+        .kubectl(
+            &[
+                "get",
+                "lease",
+                APP,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.success {
+        Ok(out.stdout.trim().to_string())
+    } else {
+        Err(out.stderr)
+    }
+}
+
+/// Names of the app's pods that are Running, ready and not terminating, once there are 3.
+async fn ready_pods(c: &Cluster, ns: &str) -> Result<Vec<String>> {
+    eventually("3 ready my-app pods", TIMEOUT, || async {
+        let out = c
+            .kubectl_ok(
+                &["get", "pods", "-n", ns, "-l", "app=my-app", "-o", "json"],
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let list: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let pods: Vec<&serde_json::Value> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        let ready: Vec<String> = pods
+            .iter()
+            .filter(|p| crate::cluster::pods::not_ready(p).is_none())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        if pods.len() == 3 && ready.len() == 3 {
+            Ok(ready)
+        } else {
+            Err(format!("{} pods, ready: {ready:?}", pods.len()))
+        }
+    })
+    .await
+}
+
+async fn leader_among(c: &Cluster, ns: &str, pods: &[String]) -> Result<String> {
+    eventually("a leader among the pods", TIMEOUT, || async {
+        let h = holder(c, ns).await?;
+        if pods.contains(&h) {
+            Ok(h)
+        } else {
+            Err(format!("holder {h:?}, pods {pods:?}"))
+        }
+    })
+    .await
+}
+
+pub async fn real_pods(deletes: usize, restarts: usize) -> Result<PodsResult> {
+    eprintln!("bench:   starting the real cluster");
+    let c = Cluster::start().await?;
+    let r = run(&c, deletes, restarts).await;
+    let r = r.map_err(|e| fail(e.to_string(), c.logs_tail(20)));
+    let _ = c.stop().await;
+    r
+}
+
+async fn run(c: &Cluster, deletes: usize, restarts: usize) -> Result<PodsResult> {
+    crate::e2e::install_webhook(c).await?;
+    let ns = c.create_namespace("bench-my-app").await?;
+    let app = crate::workspace_root().join("tests/e2e/my-app");
+    c.kubectl_ok(
+        &["apply", "-n", &ns, "-k", &app.display().to_string()],
+        None,
+    )
+    .await?;
+    c.kubectl_ok(
+        &[
+            "-n",
+            &ns,
+            "rollout",
+            "status",
+            "deployment/my-app",
+            "--timeout=300s",
+        ],
+        None,
+    )
+    .await?;
+    let mut out = Vec::new();
+    for _ in 0..deletes {
+        let pods = ready_pods(c, &ns).await?;
+        let from = leader_among(c, &ns, &pods).await?;
+        let others: Vec<String> = pods.iter().filter(|p| **p != from).cloned().collect();
+        c.kubectl_ok(&["delete", "pod", "-n", &ns, &from, "--wait=false"], None)
+            .await?;
+        let t0 = Instant::now();
+        let to = eventually("another pod to hold the Lease", TIMEOUT, || async {
+            let h = holder(c, &ns).await?;
+            if others.contains(&h) {
+                Ok(h)
+            } else {
+                Err(format!("holder {h:?}"))
+            }
+        })
+        .await?;
+        let seconds = t0.elapsed().as_secs_f64();
+        eprintln!("bench:   kubectl delete pod {from}: {to} holds the Lease after {seconds:.2} s");
+        out.push(LeaderDelete { from, to, seconds });
+    }
+    let mut rs = Vec::new();
+    for _ in 0..restarts {
+        let pods = ready_pods(c, &ns).await?;
+        let first = leader_among(c, &ns, &pods).await?;
+        let t0 = Instant::now();
+        c.kubectl_ok(
+            &["-n", &ns, "rollout", "restart", "deployment/my-app"],
+            None,
+        )
+        .await?;
+        let status_args = [
+            "-n",
+            ns.as_str(),
+            "rollout",
+            "status",
+            "deployment/my-app",
+            "--timeout=300s",
+        ];
+        let status = c.kubectl(&status_args, None);
+        tokio::pin!(status);
+        let mut holders = vec![first];
+        let done = loop {
+            tokio::select! {
+                r = &mut status => break r?,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Ok(h) = holder(c, &ns).await
+                        && holders.last() != Some(&h)
+                    {
+                        holders.push(h);
+                    }
+                }
+            }
+        };
+        if !done.success {
+            return Err(fail("kubectl rollout status", done.stderr));
+        }
+        // Until the new pods agree on a leader among themselves.
+        let pods = ready_pods(c, &ns).await?;
+        let last = leader_among(c, &ns, &pods).await?;
+        if holders.last() != Some(&last) {
+            holders.push(last);
+        }
+        let r = Restart {
+            leader_moves: leader_moves(&holders),
+            holders,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        eprintln!(
+            "bench:   kubectl rollout restart: {} leader move(s) in {:.0} s ({:?})",
+            r.leader_moves, r.seconds, r.holders
+        );
+        rs.push(r);
+    }
+    Ok(PodsResult {
+        delete: summarize(&out.iter().map(|d| d.seconds).collect::<Vec<_>>()),
+        deletes: out,
+        restarts: rs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moves_count_changes_of_named_holders() {
+        let h = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(leader_moves(&h(&[])), 0);
+        assert_eq!(leader_moves(&h(&["a"])), 0);
+        assert_eq!(leader_moves(&h(&["a", "b"])), 1);
+        assert_eq!(
+            leader_moves(&h(&["a", "", "b"])),
+            1,
+            "a release is not a move"
+        );
+        assert_eq!(leader_moves(&h(&["a", "", "a"])), 0);
+        assert_eq!(leader_moves(&h(&["a", "b", "c", "d"])), 3);
+    }
+}
