@@ -5,8 +5,8 @@ use contract::annotations as ann;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use webhook::admission::lease_name;
-use webhook::admission::propagate;
 use webhook::admission::patch::{self, Inspection, PodContext, SkipReason};
+use webhook::admission::propagate;
 use webhook::admission::settings::NativeMode;
 
 const IMAGE: &str = "example.test/elector:1";

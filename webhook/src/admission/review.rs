@@ -234,14 +234,9 @@ async fn dispatch<C: Cluster>(
     span.record("name", name);
     span.record("workload", owner.as_str());
     match workload_kind {
-        Some(kind) if !is_pod => workload(
-            state,
-            uid,
-            kind,
-            object,
-            req.old_object.as_ref(),
-            namespace,
-        ),
+        Some(kind) if !is_pod => {
+            workload(state, uid, kind, object, req.old_object.as_ref(), namespace)
+        }
         _ => pod(state, &req, object, namespace),
     }
 }

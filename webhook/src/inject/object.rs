@@ -2,6 +2,7 @@
 //! annotations are propagated into its pod template ([`propagate::mutate_workload`]), then the
 //! template is patched as a pod created from it would be ([`patch::mutate_pod`]).
 
+use crate::admission::lease_name::Kind as LeaseKind;
 use std::collections::BTreeSet;
 
 use contract::annotations as ann;
@@ -134,7 +135,7 @@ pub fn inject(obj: &mut Value, opts: &Options) -> Result<Edit, Problem> {
         image: &opts.image,
         image_pull_policy: &opts.image_pull_policy,
         native_mode: opts.native_mode,
-        native_supported: opts.native_supported,
+        native_supported: Some(opts.native_supported),
     };
     let base = kind.template;
     let mut edit = Edit::default();
@@ -189,7 +190,8 @@ fn inject_template(
         "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
         "spec": {"template": template},
     });
-    let m = propagate::mutate_workload(&wrapper).map_err(|d| {
+    // The wrapper has a Deployment's shape (`spec.template`) whatever the kind.
+    let m = propagate::mutate_workload(LeaseKind::Deployment, &wrapper, None).map_err(|d| {
         let own = d.0.contains("would be refused")
             && ann::USER_KEYS.iter().any(|(k, _)| {
                 obj.pointer("/metadata/annotations")
@@ -208,6 +210,9 @@ fn inject_template(
         apply(&mut wrapper, p, base)?;
     }
     let mut template = wrapper["spec"]["template"].take();
+    // Offline, the copied keys are the user's own (they go to Git): no `propagated` record, or
+    // the webhook would take it as its own bookkeeping and drop it at CREATE (a drift).
+    remove_annotation(&mut template, ann::PROPAGATED);
     // The pods' owner as the API server would set it, so the Lease is named after the workload.
     let mut as_pod = template.clone();
     let owner = json!([{
@@ -261,7 +266,10 @@ fn rbac(obj: &Value, kind: &Kind, namespace: &str) -> Result<Vec<Value>, Problem
         grants::pod_desired(namespace, &pod)
     } else {
         let t: PodTemplateSpec = decode(template, base)?;
-        grants::workload_desired(namespace, owner, Some(&t), [&pod])
+        let Some(lease_kind) = LeaseKind::ALL.into_iter().find(|k| k.as_str() == kind.kind) else {
+            return Ok(vec![]);
+        };
+        grants::workload_desired(namespace, lease_kind, owner, Some(&t), [&pod])
     };
     if desired.is_empty() {
         return Ok(vec![]);
@@ -328,12 +336,13 @@ pub fn uninject(obj: &mut Value, with_rbac: bool) -> Result<Edit, Problem> {
     };
     let base = kind.template;
     let before = obj.clone();
+    let own = before.pointer("/metadata/annotations").cloned();
     let Some(target) = obj.pointer_mut(&kinds::pointer(base)) else {
         return Ok(Edit::default());
     };
     strip_pod(target, base)?;
     if !base.is_empty() {
-        unpropagate(target);
+        unpropagate(target, own.as_ref());
     }
     Ok(Edit {
         changed: *obj != before,
@@ -395,6 +404,7 @@ fn strip_pod(pod_value: &mut Value, base: &[&str]) -> Result<(), Problem> {
             lease,
             service_account: String::new(),
             already_injected: true,
+            resources: Value::Null,
         };
         let added = patch::app_env(&plan);
         if let Some(spec) = object_at(pod_value, "spec") {
@@ -404,14 +414,17 @@ fn strip_pod(pod_value: &mut Value, base: &[&str]) -> Result<(), Problem> {
             retain(spec, "volumes", |v| {
                 v.get("name") == Some(&json!(patch::API_ACCESS_VOLUME))
             });
-            for c in spec
-                .get_mut("containers")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(c) = c.as_object_mut() {
-                    retain(c, "env", |e| added.contains(e));
+            // App and (native-sidecar mode) user init containers both got the env.
+            for list in ["containers", "initContainers"] {
+                for c in spec
+                    .get_mut(list)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(c) = c.as_object_mut() {
+                        retain(c, "env", |e| added.contains(e));
+                    }
                 }
             }
         }
@@ -420,8 +433,25 @@ fn strip_pod(pod_value: &mut Value, base: &[&str]) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Removes the annotations propagation copied into a template, and its record of them.
-fn unpropagate(template: &mut Value) {
+/// Removes the annotations inject copied into a template: the user keys whose value equals the
+/// workload's own (and, from older output, those a `propagated` record lists).
+fn unpropagate(template: &mut Value, own: Option<&Value>) {
+    let copied: Vec<String> = own
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| {
+            crate::admission::settings::is_user_key(k)
+                && template
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(k.as_str()))
+                    == Some(*v)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &copied {
+        remove_annotation(template, k);
+    }
     let listed: BTreeSet<String> = template
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(ann::PROPAGATED))
