@@ -143,76 +143,43 @@ async fn start<K: Resource<DynamicType = ()>>(obj: &K, ctx: &Context) -> Option<
     (!excluded(&ns) && obj.meta().deletion_timestamp.is_none()).then_some(ns)
 }
 
-pub async fn reconcile_deployment(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
-    let Some(ns) = start(d.as_ref(), &ctx).await else {
+/// The steps every typed workload shares: skip excluded or deleting objects, then reconcile its
+/// unit (Lease and grants) from its pod template.
+async fn reconcile_typed<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    kind: Kind,
+    template: Option<&PodTemplateSpec>,
+    ctx: &Context,
+) -> Result<Action> {
+    let Some(ns) = start(obj, ctx).await else {
         return Ok(Action::await_change());
     };
+    let about = obj.object_ref(&());
+    reconcile_unit(ctx, kind, owner_of(obj), &ns, template, &about).await
+}
+
+pub async fn reconcile_deployment(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
     let template = d.spec.as_ref().map(|s| &s.template);
-    let about = d.object_ref(&());
-    reconcile_unit(
-        &ctx,
-        Kind::Deployment,
-        owner_of(d.as_ref()),
-        &ns,
-        template,
-        &about,
-    )
-    .await
+    reconcile_typed(d.as_ref(), Kind::Deployment, template, &ctx).await
 }
 
 pub async fn reconcile_statefulset(s: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
-    let Some(ns) = start(s.as_ref(), &ctx).await else {
-        return Ok(Action::await_change());
-    };
     let template = s.spec.as_ref().map(|s| &s.template);
-    let about = s.object_ref(&());
-    reconcile_unit(
-        &ctx,
-        Kind::StatefulSet,
-        owner_of(s.as_ref()),
-        &ns,
-        template,
-        &about,
-    )
-    .await
+    reconcile_typed(s.as_ref(), Kind::StatefulSet, template, &ctx).await
 }
 
 pub async fn reconcile_daemonset(d: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
-    let Some(ns) = start(d.as_ref(), &ctx).await else {
-        return Ok(Action::await_change());
-    };
     let template = d.spec.as_ref().map(|s| &s.template);
-    let about = d.object_ref(&());
-    reconcile_unit(
-        &ctx,
-        Kind::DaemonSet,
-        owner_of(d.as_ref()),
-        &ns,
-        template,
-        &about,
-    )
-    .await
+    reconcile_typed(d.as_ref(), Kind::DaemonSet, template, &ctx).await
 }
 
 pub async fn reconcile_cronjob(c: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
-    let Some(ns) = start(c.as_ref(), &ctx).await else {
-        return Ok(Action::await_change());
-    };
     let template = c
         .spec
         .as_ref()
         .and_then(|s| s.job_template.spec.as_ref())
         .map(|s| &s.template);
-    let about = c.object_ref(&());
-    reconcile_unit(
-        &ctx,
-        Kind::CronJob,
-        owner_of(c.as_ref()),
-        &ns,
-        template,
-        &about,
-    )
-    .await
+    reconcile_typed(c.as_ref(), Kind::CronJob, template, &ctx).await
 }
 
 /// A Job: its CronJob's unit when a CronJob runs it (one Lease for every run), else its own.
