@@ -10,6 +10,9 @@ use std::time::Duration;
 pub const ANNOTATION_PREFIX: &str = "leader-election/";
 
 /// Annotation keys, on a pod (usually via its template) or on a Deployment/StatefulSet.
+#[cfg(feature = "listen")]
+pub mod listen;
+
 pub mod annotations {
     /// `"true"` injects the elector; `"false"` or absent leaves the pod alone.
     pub const ENABLED: &str = "leader-election/enabled";

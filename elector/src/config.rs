@@ -1,8 +1,6 @@
 //! Command line and environment. Flag and env names come from the contract crate, which the
 //! webhook uses to write the container spec.
 
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
@@ -139,58 +137,8 @@ fn hostname() -> Option<String> {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())
 }
 
+pub use contract::listen::{Listen, parse_listen};
 pub use contract::parse_duration;
-
-/// Where the HTTP API listens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listen {
-    /// Every interface of both families (`:PORT`, the default): pods may be IPv4-only,
-    /// IPv6-only or dual-stack, and the kubelet probes the pod IP of whichever family it has.
-    AllInterfaces(u16),
-    /// Exactly this address, as the user wrote it.
-    Addr(SocketAddr),
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listen::AllInterfaces(port) => write!(f, ":{port}"),
-            Listen::Addr(addr) => write!(f, "{addr}"),
-        }
-    }
-}
-
-/// `:4040` (all interfaces of both families, as Go's net/http), `0.0.0.0:4040`, `[::]:4040`
-/// or `host:4040`.
-pub fn parse_listen(s: &str) -> Result<Listen, String> {
-    let s = s.trim();
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(Listen::Addr(addr));
-    }
-    let err = || {
-        format!(
-            "\"{s}\" is not an address to listen on (use e.g. :4040 for every interface, \
-             0.0.0.0:4040 or 127.0.0.1:4040)"
-        )
-    };
-    let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
-    let port: u16 = port.parse().map_err(|_| err())?;
-    if host.is_empty() {
-        return Ok(Listen::AllInterfaces(port));
-    }
-    if host == "localhost" {
-        return Ok(Listen::Addr(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port,
-        )));
-    }
-    (host, port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .map(Listen::Addr)
-        .ok_or_else(err)
-}
 
 /// A DNS subdomain name, as Kubernetes requires for a Lease name or namespace.
 fn check_dns_name(what: &str, flag: &str, value: &str, max: usize) -> Result<(), Error> {
@@ -464,38 +412,5 @@ mod tests {
         assert_eq!(c.election, "x");
         assert_eq!(c.http, Listen::Addr("127.0.0.1:4041".parse().unwrap()));
         assert!(!c.release_on_cancel);
-    }
-
-    #[test]
-    fn listen_addresses() {
-        let addr = |s: &str| Ok(Listen::Addr(s.parse().unwrap()));
-        let cases: &[(&str, Result<Listen, ()>)] = &[
-            (":4040", Ok(Listen::AllInterfaces(4040))),
-            (" :80 ", Ok(Listen::AllInterfaces(80))),
-            // An explicit address is honoured as given, wildcard or not.
-            ("0.0.0.0:4040", addr("0.0.0.0:4040")),
-            ("[::]:4040", addr("[::]:4040")),
-            ("[::1]:4041", addr("[::1]:4041")),
-            ("localhost:4040", addr("127.0.0.1:4040")),
-            ("4040", Err(())),
-            (":http", Err(())),
-            (":70000", Err(())),
-            ("nowhere", Err(())),
-        ];
-        for (input, want) in cases {
-            let got = parse_listen(input);
-            match (want, &got) {
-                (Ok(w), Ok(g)) => assert_eq!(w, g, "{input}"),
-                (Err(()), Err(e)) => assert!(e.contains(":4040 for every interface"), "{e}"),
-                _ => panic!("{input}: got {got:?}, want {want:?}"),
-            }
-        }
-        // What --help shows and what the webhook writes parse back to the same value.
-        for l in [
-            Listen::AllInterfaces(4040),
-            Listen::Addr("[::1]:9".parse().unwrap()),
-        ] {
-            assert_eq!(parse_listen(&l.to_string()), Ok(l));
-        }
     }
 }

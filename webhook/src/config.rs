@@ -1,10 +1,10 @@
 //! Command line (every flag also reads a `WEBHOOK_*` environment variable).
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use contract::listen::{Listen, parse_listen};
 
 use crate::admission::settings::NativeMode;
 
@@ -60,10 +60,14 @@ fn default_identity() -> String {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to serve HTTPS on.
-    #[arg(long, env = "WEBHOOK_LISTEN",
-          default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, contract::deploy::WEBHOOK_PORT)))]
-    pub listen: SocketAddr,
+    /// Address to serve HTTPS on. `:PORT` means every interface, IPv6 and IPv4 (`[::]` with
+    /// IPv4 as v4-mapped addresses; `0.0.0.0` alone when the kernel has no IPv6), so the API
+    /// server reaches the pod on single-stack IPv4, IPv6 and dual-stack clusters; an address
+    /// (`0.0.0.0:8443`, `127.0.0.1:8443`) is used as given.
+    #[arg(long, env = "WEBHOOK_LISTEN", value_name = "ADDR",
+          default_value_t = Listen::AllInterfaces(contract::deploy::WEBHOOK_PORT),
+          value_parser = parse_listen)]
+    pub listen: Listen,
 
     /// Serving certificate (PEM); reloaded when it changes.
     #[arg(
@@ -302,7 +306,10 @@ mod tests {
         let Command::Serve(s) = parse(&["serve", "--self-provision"]).unwrap().command else {
             panic!("not serve");
         };
-        assert_eq!(s.listen.port(), contract::deploy::WEBHOOK_PORT);
+        assert_eq!(
+            s.listen,
+            Listen::AllInterfaces(contract::deploy::WEBHOOK_PORT)
+        );
         assert_eq!(s.native_sidecar, NativeMode::Auto);
         assert_eq!(s.elector_image_pull_policy, "IfNotPresent");
         assert_eq!(s.max_body_bytes, 3 * 1024 * 1024);
@@ -328,6 +335,7 @@ mod tests {
         else {
             panic!("not serve");
         };
+        assert_eq!(s.listen, Listen::Addr("127.0.0.1:9443".parse().unwrap()));
         assert_eq!(s.extra_sans, ["127.0.0.1", "a.example"]);
         assert_eq!(s.namespace, "ns");
         assert_eq!(s.native_sidecar, NativeMode::Never);

@@ -259,8 +259,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
 
     let tls_config = Arc::new(tls::server_config(resolver.clone())?);
-    let listener = server::bind(args.listen).await?;
-    tracing::info!(listen = %args.listen, "webhook serving");
+    let listener = server::bind(args.listen)?;
+    let listening = listener
+        .local_addr()
+        .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
+    tracing::info!(listen = %listening, "webhook serving");
     let router = server::router(state.clone(), args.max_body_bytes);
     let draining = state.clone();
     let delay = args.shutdown_delay;

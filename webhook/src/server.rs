@@ -1,7 +1,6 @@
 //! The HTTP routes and the TLS listener with graceful shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use contract::listen::Listen;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -69,11 +69,20 @@ async fn metrics<C: Cluster>(State(state): State<Arc<AppState<C>>>) -> Response 
         .into_response()
 }
 
-/// Binds `addr`, with a message naming it on failure.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))
+/// Binds `listen` (dual-stack by default, IPv4 only on a kernel without IPv6), with a message
+/// naming the address and the flag on failure.
+pub fn bind(listen: Listen) -> Result<TcpListener> {
+    contract::listen::bind(listen, |err, first, v4| {
+        tracing::info!(
+            "IPv6 is not available here ({err} on {first}): listening on {v4}, IPv4 only"
+        );
+    })
+    .map_err(|e| {
+        Error::Server(format!(
+            "cannot listen on {} (--listen): {}",
+            e.addr, e.source
+        ))
+    })
 }
 
 /// Serves `router` over TLS until `shutdown` resolves, then stops accepting and waits up to
