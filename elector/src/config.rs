@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(c.http, Listen::AllInterfaces(4040));
         assert_eq!(c.http.to_string(), ":4040");
         assert_eq!(c.timings, Timings::default());
-        assert_eq!(c.renew_interval, Duration::from_secs(5));
+        assert_eq!(c.renew_interval, Duration::from_millis(7500));
         assert!(c.release_on_cancel);
         assert_eq!(c.log_format, LogFormat::Plain);
     }
@@ -340,7 +340,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.timings.retry_period, Duration::from_secs(1));
         assert_eq!(c.timings.renew_deadline, Duration::from_secs(20));
-        assert_eq!(c.renew_interval, Duration::from_secs(10));
+        assert_eq!(c.renew_interval, Duration::from_secs(15));
         let c = resolve(&["--election=x", "-renew-interval=3s"], &ambient()).unwrap();
         assert_eq!(c.renew_interval, Duration::from_secs(3));
     }

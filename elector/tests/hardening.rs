@@ -61,16 +61,16 @@ fn after_a_delete_nobody_claims_for_a_lease_duration_and_transitions_go_up() {
         assert!(!b.is_leader(secs(s)), "at {s}");
     }
     assert!(b.is_leader(secs(17.1)));
-    // a, still claiming from its own view, tries to renew, gets a conflict, re-reads and stops,
-    // never later than its renew deadline (10 s).
-    let Action::Replace { .. } = a.poll(at(5.0, 0)) else {
+    // a, still claiming from its own view, tries to renew (7.5 s), gets a conflict, re-reads and
+    // stops, never later than its renew deadline (10 s).
+    let Action::Replace { .. } = a.poll(at(7.5, 0)) else {
         panic!()
     };
-    assert!(a.is_leader(secs(5.0)) && !a.is_leader(secs(10.0)));
-    a.on_write(at(5.1, 0), Err(Failure::Conflict));
-    a.on_read(at(5.2, 0), Ok(t.get()));
-    assert!(!a.is_leader(secs(5.2)));
-    assert_eq!(a.leader(secs(5.2)).as_deref(), Some("b"));
+    assert!(a.is_leader(secs(7.5)) && !a.is_leader(secs(10.0)));
+    a.on_write(at(7.6, 0), Err(Failure::Conflict));
+    a.on_read(at(7.7, 0), Ok(t.get()));
+    assert!(!a.is_leader(secs(7.7)));
+    assert_eq!(a.leader(secs(7.7)).as_deref(), Some("b"));
 }
 
 #[test]
@@ -282,9 +282,14 @@ fn readiness_follows_a_working_view_of_the_lease() {
 }
 
 #[test]
-fn a_leader_writes_at_most_12_times_a_minute_with_default_timings() {
-    // Before the renew interval existed the leader renewed every retry period: 30 a minute.
-    for (interval, want) in [(None, 12), (Some(Duration::from_secs(2)), 30)] {
+fn a_leader_writes_8_times_a_minute_with_default_timings() {
+    // Before the renew interval existed the leader renewed every retry period: 30 a minute; a
+    // third of the lease duration gave 12.
+    for (interval, want) in [
+        (None, 8),
+        (Some(Duration::from_secs(5)), 12),
+        (Some(Duration::from_secs(2)), 30),
+    ] {
         let mut t = LeaseTable::default();
         let mut a = Candidate::new("a", timings(), 1);
         if let Some(i) = interval {
@@ -326,14 +331,14 @@ fn own_writes_are_recognised_after_a_lost_response() {
     let Action::Replace {
         record,
         resource_version,
-    } = a.poll(at(5.0, 0))
+    } = a.poll(at(7.5, 0))
     else {
         panic!()
     };
     let applied: StoredLease = t.replace(record, &resource_version).unwrap().0;
-    a.on_write(at(6.0, 0), Err(Failure::Transient));
-    a.on_watch(at(6.1, 0), WatchItem::Changed(applied));
-    assert!(a.is_leader(secs(6.1)), "still its own record");
-    settle(&mut a, &mut t, at(8.0, 0));
-    assert!(a.is_leader(secs(17.9)), "renewed from 8 s");
+    a.on_write(at(8.0, 0), Err(Failure::Transient));
+    a.on_watch(at(8.1, 0), WatchItem::Changed(applied));
+    assert!(a.is_leader(secs(8.1)), "still its own record");
+    settle(&mut a, &mut t, at(9.0, 0));
+    assert!(a.is_leader(secs(18.9)), "renewed from 9 s");
 }

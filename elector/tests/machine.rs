@@ -26,12 +26,12 @@ fn acquires_an_absent_lease_with_client_go_fields() {
     // Acquired by the create a lease duration earlier, renewed now.
     assert_eq!(l.acquire_time, Some(at(85.0, 0).wall));
     assert_eq!(l.renew_time, Some(now.wall));
-    // Next wake-up: the renew, one renew interval (a third of the lease duration) after the
-    // acquire started.
+    // Next wake-up: the renew, one renew interval (half the lease duration) after the acquire
+    // started.
     assert_eq!(
         act,
         Action::Sleep {
-            until: Some(secs(105.0))
+            until: Some(secs(100.0 + RI))
         }
     );
     assert!(
@@ -226,20 +226,20 @@ fn claim_counts_from_renew_start_not_completion() {
     assert_eq!(
         a.poll(at(3.0, 0)),
         Action::Sleep {
-            until: Some(secs(5.0))
+            until: Some(secs(RI))
         }
     );
-    // A renew started at 5 s and answered at 9 s extends the claim to 15 s, not 19 s.
+    // A renew started at 7.5 s and answered at 9.5 s extends the claim to 17.5 s, not 19.5 s.
     let Action::Replace {
         record,
         resource_version,
-    } = a.poll(at(5.0, 0))
+    } = a.poll(at(RI, 0))
     else {
         panic!()
     };
     let r = t.replace(record, &resource_version).map(|(s, _)| s);
-    a.on_write(at(9.0, 0), r);
-    assert_eq!(a.claim_until(), Some(secs(5.0) + RD));
+    a.on_write(at(RI + 2.0, 0), r);
+    assert_eq!(a.claim_until(), Some(secs(RI) + RD));
 }
 
 #[test]
@@ -329,14 +329,14 @@ fn release_retries_after_conflict_and_skips_when_not_holder() {
     let Action::Replace {
         record: renew,
         resource_version,
-    } = a.poll(at(5.0, 0))
+    } = a.poll(at(RI, 0))
     else {
         panic!()
     };
     t.replace(renew, &resource_version).unwrap();
-    a.on_write(at(5.5, 0), Err(Failure::Transient));
+    a.on_write(at(RI + 0.5, 0), Err(Failure::Transient));
     a.shutdown(true);
-    let now = at(6.0, 0);
+    let now = at(RI + 1.0, 0);
     assert_eq!(settle(&mut a, &mut t, now), Action::Done);
     assert_eq!(t.lease().unwrap().record.holder, None);
 
@@ -511,16 +511,16 @@ fn renew_failures_keep_the_claim_until_the_deadline_only() {
     let mut t = LeaseTable::default();
     let mut a = Candidate::new("a", timings(), 1);
     acquire(&mut a, &mut t, 0.0);
-    let Action::Replace { .. } = a.poll(at(5.0, 0)) else {
+    let Action::Replace { .. } = a.poll(at(RI, 0)) else {
         panic!()
     };
-    a.on_write(at(5.5, 0), Err(Failure::Transient));
+    a.on_write(at(RI + 0.5, 0), Err(Failure::Transient));
     assert!(a.is_leader(secs(9.9)));
     // A retry is scheduled well before the deadline, at most a retry period later.
-    let Action::Sleep { until: Some(u) } = a.poll(at(5.5, 0)) else {
+    let Action::Sleep { until: Some(u) } = a.poll(at(RI + 0.5, 0)) else {
         panic!()
     };
-    assert!(u <= secs(5.5) + RP, "{u:?}");
+    assert!(u <= secs(RI + 0.5) + RP, "{u:?}");
     // A conflict keeps the (still valid) claim and re-reads.
     let Action::Replace { .. } = a.poll(at(time_of(u), 0)) else {
         panic!()

@@ -161,7 +161,7 @@ fn deployment_pod_gets_everything() {
         e.get("startupProbe").is_none(),
         "regular container: unchanged"
     );
-    assert!(a.contains(&"--renew-interval=5s"), "{a:?}");
+    assert!(a.contains(&"--renew-interval=7500ms"), "{a:?}");
     assert_eq!(
         e["resources"],
         json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})

@@ -12,6 +12,8 @@ use jiff::Timestamp;
 pub const LD: Duration = Duration::from_secs(15);
 pub const RD: Duration = Duration::from_secs(10);
 pub const RP: Duration = Duration::from_secs(2);
+/// The default renew interval with these timings (half the lease duration).
+pub const RI: f64 = 7.5;
 
 pub fn timings() -> Timings {
     Timings::default()
@@ -56,9 +58,13 @@ pub fn acquire(c: &mut Candidate, t: &mut LeaseTable, s: f64) {
         !c.is_leader(create.mono),
         "a creator holds before it claims"
     );
-    for renew in [s - 10.0, s - 5.0] {
+    // It renews on its renew interval while it holds before claiming; the last renew is at `s`.
+    let interval = c.renew_interval().as_secs_f64();
+    let mut renew = s - ld + interval;
+    while renew < s - 1e-9 {
         settle(c, t, at(renew, 0));
         assert!(!c.is_leader(secs(renew)));
+        renew += interval;
     }
     assert!(c.is_leader(secs(s)));
     settle(c, t, at(s, 0));

@@ -273,7 +273,7 @@ mod tests {
             ),
             (
                 vec![],
-                Ok(|s| s.effective_renew_interval() == Duration::from_secs(5)),
+                Ok(|s| s.effective_renew_interval() == Duration::from_millis(7500)),
             ),
             (
                 vec![(ann::RENEW_INTERVAL, "later")],
