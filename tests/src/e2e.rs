@@ -132,23 +132,67 @@ pub async fn elector_leader(
     Ok(v["name"].as_str().unwrap_or_default().to_string())
 }
 
+/// `kubectl <args>` (which must print JSON, e.g. `-o json`), parsed.
+pub async fn kubectl_json(c: &Cluster, args: &[&str]) -> Result<serde_json::Value> {
+    let out = c.kubectl_ok(args, None).await?;
+    serde_json::from_str(&out)
+        .map_err(|e| fail(format!("kubectl {}", args.join(" ")), e.to_string()))
+}
+
+/// Every pod of `namespace` matching `selector`, terminating ones too, as JSON.
+pub async fn pods(c: &Cluster, namespace: &str, selector: &str) -> Result<Vec<serde_json::Value>> {
+    let list = kubectl_json(
+        c,
+        &["get", "pods", "-n", namespace, "-l", selector, "-o", "json"],
+    )
+    .await?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
 /// The pods of `namespace` matching `selector` that are not being deleted, as JSON.
 pub async fn live_pods(
     c: &Cluster,
     namespace: &str,
     selector: &str,
 ) -> Result<Vec<serde_json::Value>> {
-    let args = ["get", "pods", "-n", namespace, "-l", selector, "-o", "json"];
-    let out = c.kubectl_ok(&args, None).await?;
-    let list: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| fail(format!("kubectl {}", args.join(" ")), e.to_string()))?;
-    Ok(list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .cloned()
-        .collect())
+    let mut items = pods(c, namespace, selector).await?;
+    items.retain(|p| p["metadata"]["deletionTimestamp"].is_null());
+    Ok(items)
+}
+
+/// The live pods matching `selector` once there are exactly `n` and `not_ready` (e.g.
+/// [`cluster::pods::not_ready`]: Running, the elector among the containers, all ready) finds no
+/// problem with any, as `kubectl get pods` reports them; on a timeout, `kubectl describe` of them
+/// goes to stderr for the failure's context.
+pub async fn ready_pods(
+    c: &Cluster,
+    namespace: &str,
+    selector: &str,
+    n: usize,
+    not_ready: fn(&serde_json::Value) -> Option<String>,
+) -> Result<Vec<serde_json::Value>> {
+    let what = format!("{n} ready pods matching {selector}");
+    let ready = eventually(&what, TIMEOUT, || async {
+        let items = live_pods(c, namespace, selector)
+            .await
+            .map_err(|e| e.to_string())?;
+        if items.len() != n {
+            return Err(format!("{} pods", items.len()));
+        }
+        if let Some(problem) = items.iter().find_map(not_ready) {
+            return Err(problem);
+        }
+        Ok(items)
+    })
+    .await;
+    if ready.is_err()
+        && let Ok(out) = c
+            .kubectl(&["describe", "pods", "-n", namespace, "-l", selector], None)
+            .await
+    {
+        eprintln!("{}", out.stdout);
+    }
+    ready
 }
 
 /// `kubectl rollout status deployment/<name>` in `namespace`.

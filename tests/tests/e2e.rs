@@ -6,14 +6,8 @@
 use std::collections::BTreeSet;
 
 use testenv::cluster::{Cluster, pods};
-use testenv::e2e::{TIMEOUT, deployed};
+use testenv::e2e::{TIMEOUT, deployed, kubectl_json as json, ready_pods};
 use testenv::{Result, eventually, fail, workspace_root};
-
-async fn json(c: &Cluster, args: &[&str]) -> Result<serde_json::Value> {
-    let out = c.kubectl_ok(args, None).await?;
-    serde_json::from_str(&out)
-        .map_err(|e| fail(format!("kubectl {}", args.join(" ")), e.to_string()))
-}
 
 #[tokio::test]
 async fn the_example_app_elects_one_leader_in_real_pods() -> Result<()> {
@@ -39,27 +33,7 @@ async fn the_example_app_elects_one_leader_in_real_pods() -> Result<()> {
     .await?;
 
     // Three Running pods, every container ready, as `kubectl get pods` reports them.
-    let pods = eventually(
-        "3 my-app pods with every container ready",
-        TIMEOUT,
-        || async {
-            let list = json(
-                c,
-                &["get", "pods", "-n", &ns, "-l", "app=my-app", "-o", "json"],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            if items.len() != 3 {
-                return Err(format!("{} pods", items.len()));
-            }
-            if let Some(problem) = items.iter().find_map(pods::not_ready) {
-                return Err(problem);
-            }
-            Ok(items)
-        },
-    )
-    .await?;
+    let pods = ready_pods(c, &ns, "app=my-app", 3, pods::not_ready).await?;
     let names: BTreeSet<String> = pods
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
@@ -247,50 +221,6 @@ async fn rollout(c: &Cluster, ns: &str) -> Result<()> {
     testenv::e2e::rollout(c, ns, "my-app").await
 }
 
-/// The current (not terminating) my-app pods once there are 3 and all are ready.
-async fn ready_pods(c: &Cluster, ns: &str) -> Result<Vec<serde_json::Value>> {
-    eventually("3 ready my-app pods", TIMEOUT, || async {
-        let list = json(
-            c,
-            &["get", "pods", "-n", ns, "-l", "app=my-app", "-o", "json"],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let items: Vec<serde_json::Value> = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .cloned()
-            .collect();
-        if items.len() != 3 {
-            return Err(format!("{} pods", items.len()));
-        }
-        let not_ready: Vec<String> = items
-            .iter()
-            .filter(|p| {
-                p["status"]["phase"] != "Running"
-                    || ["containerStatuses", "initContainerStatuses"]
-                        .iter()
-                        .any(|k| {
-                            p["status"][*k]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .any(|s| s["ready"] != true)
-                        })
-            })
-            .map(|p| p["metadata"]["name"].to_string())
-            .collect();
-        if not_ready.is_empty() {
-            Ok(items)
-        } else {
-            Err(format!("not ready: {not_ready:?}"))
-        }
-    })
-    .await
-}
-
 /// Waits until Lease my-app names one of `pods`.
 async fn leader_among(c: &Cluster, ns: &str, pods: &[serde_json::Value]) -> Result<String> {
     let names: BTreeSet<String> = pods
@@ -329,7 +259,7 @@ async fn without_token_automount_the_app_container_has_no_token_and_the_elector_
     )
     .await?;
     apply_example(c, &ns).await?;
-    let pods = ready_pods(c, &ns).await?;
+    let pods = ready_pods(c, &ns, "app=my-app", 3, pods::not_ready).await?;
     leader_among(c, &ns, &pods).await?;
     for pod in &pods {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
@@ -399,7 +329,7 @@ async fn workload_annotations_on_the_real_cluster() -> Result<()> {
     )
     .await?;
     rollout(c, &ns).await?;
-    let pods = ready_pods(c, &ns).await?;
+    let pods = ready_pods(c, &ns, "app=my-app", 3, pods::not_ready).await?;
     for pod in &pods {
         let regular = pod["spec"]["containers"]
             .as_array()
@@ -428,7 +358,7 @@ async fn workload_annotations_on_the_real_cluster() -> Result<()> {
     )
     .await?;
     rollout(c, &ns).await?;
-    let pods = ready_pods(c, &ns).await?;
+    let pods = ready_pods(c, &ns, "app=my-app", 3, pods::not_running_ready).await?;
     for pod in &pods {
         let containers: Vec<&str> = ["containers", "initContainers"]
             .iter()

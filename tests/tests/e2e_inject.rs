@@ -5,16 +5,10 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use testenv::cluster::{Cluster, pods};
-use testenv::e2e::{TIMEOUT, deployed};
+use testenv::cluster::pods;
+use testenv::e2e::{TIMEOUT, deployed, kubectl_json as json, ready_pods};
 use testenv::{Result, eventually, fail, project_binary, workspace_root};
 use tokio::io::AsyncWriteExt;
-
-async fn json(c: &Cluster, args: &[&str]) -> Result<Value> {
-    let out = c.kubectl_ok(args, None).await?;
-    serde_json::from_str(&out)
-        .map_err(|e| fail(format!("kubectl {}", args.join(" ")), e.to_string()))
-}
 
 /// `webhook inject <args>` with `input` on standard input.
 async fn inject(input: &str, args: &[&str]) -> Result<String> {
@@ -105,23 +99,7 @@ async fn an_offline_injected_deployment_is_admitted_unchanged_and_elects() -> Re
 
     // Three ready pods; each has exactly the template's containers, unchanged by admission
     // (a second elector, or env added by the webhook, would show here).
-    let items = eventually("3 ready my-app pods", TIMEOUT, || async {
-        let list = json(
-            c,
-            &["get", "pods", "-n", &ns, "-l", "app=my-app", "-o", "json"],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        if items.len() != 3 {
-            return Err(format!("{} pods", items.len()));
-        }
-        if let Some(problem) = items.iter().find_map(pods::not_ready) {
-            return Err(problem);
-        }
-        Ok(items)
-    })
-    .await?;
+    let items = ready_pods(c, &ns, "app=my-app", 3, pods::not_ready).await?;
     for pod in &items {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         let got = containers(&pod["spec"]);

@@ -6,16 +6,10 @@
 
 use testenv::cluster::config::BUSYBOX_IMAGE;
 use testenv::cluster::{Cluster, pods};
-use testenv::e2e::{TIMEOUT, deployed};
+use testenv::e2e::{TIMEOUT, deployed, kubectl_json as json, ready_pods};
 use testenv::{Result, eventually, fail};
 
 use contract::annotations as ann;
-
-async fn json(c: &Cluster, args: &[&str]) -> Result<serde_json::Value> {
-    let out = c.kubectl_ok(args, None).await?;
-    serde_json::from_str(&out)
-        .map_err(|e| fail(format!("kubectl {}", args.join(" ")), e.to_string()))
-}
 
 /// A Deployment of `replicas` busybox pods running `script`, with these annotations on the
 /// Deployment itself and on its pod template, and extra fields merged into the pod spec.
@@ -53,53 +47,6 @@ fn deployment(
 async fn apply(c: &Cluster, ns: &str, obj: &serde_json::Value) -> Result<testenv::CmdOutput> {
     c.kubectl(&["apply", "-n", ns, "-f", "-"], Some(&obj.to_string()))
         .await
-}
-
-/// The current pods of `app` once there are `n` and every container is ready.
-async fn ready_pods(c: &Cluster, ns: &str, app: &str, n: usize) -> Result<Vec<serde_json::Value>> {
-    let ready = eventually(&format!("{n} ready {app} pods"), TIMEOUT, || async {
-        let list = json(
-            c,
-            &[
-                "get",
-                "pods",
-                "-n",
-                ns,
-                "-l",
-                &format!("app={app}"),
-                "-o",
-                "json",
-            ],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let items: Vec<serde_json::Value> = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .cloned()
-            .collect();
-        if items.len() != n {
-            return Err(format!("{} pods", items.len()));
-        }
-        if let Some(problem) = items.iter().find_map(pods::not_ready) {
-            return Err(problem);
-        }
-        Ok(items)
-    })
-    .await;
-    if ready.is_err() {
-        // What the cluster says about them, for the failure message.
-        let status = c
-            .kubectl(
-                &["describe", "pods", "-n", ns, "-l", &format!("app={app}")],
-                None,
-            )
-            .await?;
-        eprintln!("{}", status.stdout);
-    }
-    ready
 }
 
 async fn leader_among(
@@ -225,21 +172,8 @@ async fn the_old_sidecar_is_refused_at_kubectl_apply_with_the_migration() -> Res
     for want in steps {
         assert!(message.contains(want), "{want:?} not in {message}");
     }
-    let pods = json(
-        c,
-        &[
-            "get",
-            "pods",
-            "-n",
-            &ns,
-            "-l",
-            "app=legacy-template",
-            "-o",
-            "json",
-        ],
-    )
-    .await?;
-    assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "{pods:#}");
+    let pods = testenv::e2e::pods(c, &ns, "app=legacy-template").await?;
+    assert!(pods.is_empty(), "{pods:#?}");
     c.kubectl_ok(
         &["delete", "deployment", "legacy-template", "-n", &ns],
         None,
@@ -293,7 +227,7 @@ async fn a_guaranteed_pod_stays_guaranteed_and_elects() -> Result<()> {
     );
     let out = apply(c, &ns, &d).await?;
     assert!(out.success, "{}", out.stderr);
-    let pods = ready_pods(c, &ns, "guaranteed", 2).await?;
+    let pods = ready_pods(c, &ns, "app=guaranteed", 2, pods::not_ready).await?;
     for p in &pods {
         let name = &p["metadata"]["name"];
         assert_eq!(
@@ -320,7 +254,7 @@ async fn a_guaranteed_pod_stays_guaranteed_and_elects() -> Result<()> {
         serde_json::json!({"requests": {"cpu": "50m", "memory": "32Mi"}}),
     );
     assert!(apply(c, &ns, &d).await?.success);
-    let pods = ready_pods(c, &ns, "burstable", 1).await?;
+    let pods = ready_pods(c, &ns, "app=burstable", 1, pods::not_ready).await?;
     assert_eq!(pods[0]["status"]["qosClass"], "Burstable");
     let e = elector_of(&pods[0]).expect("elector injected");
     assert_eq!(
@@ -419,7 +353,7 @@ async fn the_native_sidecar_starts_first_and_the_rest_waits_for_it() -> Result<(
     }]);
     let out = apply(c, &ns, &d).await?;
     assert!(out.success, "{}", out.stderr);
-    let pods = ready_pods(c, &ns, "native", 1).await?;
+    let pods = ready_pods(c, &ns, "app=native", 1, pods::not_ready).await?;
     let p = &pods[0];
     let inits: Vec<&str> = p["spec"]["initContainers"]
         .as_array()

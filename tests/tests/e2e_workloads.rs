@@ -9,16 +9,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use testenv::cluster::{Cluster, pods};
-use testenv::e2e::{TIMEOUT, deployed};
+use testenv::e2e::{TIMEOUT, deployed, kubectl_json as json_of};
 use testenv::{Result, eventually, fail};
 
 const ENABLED: &str = contract::annotations::ENABLED;
-
-async fn json_of(c: &Cluster, args: &[&str]) -> Result<Value> {
-    let out = c.kubectl_ok(args, None).await?;
-    serde_json::from_str(&out)
-        .map_err(|e| fail(format!("kubectl {}", args.join(" ")), e.to_string()))
-}
 
 async fn apply(c: &Cluster, ns: &str, objects: Vec<Value>, extra: &[&str]) -> Result<()> {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
@@ -93,22 +87,9 @@ async fn elected(
 ) -> Result<String> {
     let what = format!("Lease {lease} held by one of the {pod_count} {app} pods");
     eventually(&what, TIMEOUT, || async {
-        let list = json_of(
-            c,
-            &[
-                "get",
-                "pods",
-                "-n",
-                ns,
-                "-l",
-                &format!("app={app}"),
-                "-o",
-                "json",
-            ],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let items = testenv::e2e::pods(c, ns, &format!("app={app}"))
+            .await
+            .map_err(|e| e.to_string())?;
         let running: Vec<&Value> = items
             .iter()
             .filter(|p| p["status"]["phase"] == "Running")
@@ -301,21 +282,7 @@ async fn every_revision_opts_in(c: &Cluster, ns: &str, app: &str) -> Result<usiz
 
 /// Every pod of `app` runs the elector, as the API server reports the pods.
 async fn pods_have_elector(c: &Cluster, ns: &str, app: &str) -> Result<usize> {
-    let list = json_of(
-        c,
-        &[
-            "get",
-            "pods",
-            "-n",
-            ns,
-            "-l",
-            &format!("app={app}"),
-            "-o",
-            "json",
-        ],
-    )
-    .await?;
-    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let items = testenv::e2e::pods(c, ns, &format!("app={app}")).await?;
     for p in &items {
         let has = p["spec"]["containers"]
             .as_array()

@@ -104,29 +104,40 @@ pub async fn wait_for_phase(
 /// elector among them (a native sidecar reports under initContainerStatuses); `None` when it is.
 pub fn not_ready(pod: &serde_json::Value) -> Option<String> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let status = &pod["status"];
-    if status["phase"] != "Running" {
-        return Some(format!("{name}: phase {}", status["phase"]));
-    }
-    let statuses: Vec<&serde_json::Value> = ["containerStatuses", "initContainerStatuses"]
-        .iter()
-        .flat_map(|k| status[*k].as_array().into_iter().flatten())
-        .collect();
-    if !statuses
-        .iter()
-        .any(|s| s["name"] == contract::CONTAINER_NAME)
+    if pod["status"]["phase"] == "Running"
+        && !statuses(pod)
+            .iter()
+            .any(|s| s["name"] == contract::CONTAINER_NAME)
     {
         return Some(format!(
             "{name}: no {} container status",
             contract::CONTAINER_NAME
         ));
     }
-    let not_ready: Vec<String> = statuses
+    not_running_ready(pod)
+}
+
+/// Why `pod` is not Running with every container (regular and init) ready, whichever
+/// containers it has; `None` when it is.
+pub fn not_running_ready(pod: &serde_json::Value) -> Option<String> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let status = &pod["status"];
+    if status["phase"] != "Running" {
+        return Some(format!("{name}: phase {}", status["phase"]));
+    }
+    let not_ready: Vec<String> = statuses(pod)
         .iter()
         .filter(|s| s["ready"] != true)
         .map(|s| format!("{} {}", s["name"], s["state"]))
         .collect();
     (!not_ready.is_empty()).then(|| format!("{name}: not ready: {not_ready:?}"))
+}
+
+fn statuses(pod: &serde_json::Value) -> Vec<&serde_json::Value> {
+    ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .flat_map(|k| pod["status"][*k].as_array().into_iter().flatten())
+        .collect()
 }
 
 /// The containerd IDs of every container of the pod (regular and init), from its status.
