@@ -15,6 +15,7 @@ log() { printf '[cluster-down] %s\n' "$*" >&2; }
 # shellcheck disable=SC1091
 . "$dir/state.env"
 [ "$STATE_DIR" = "$dir" ] || { log "state.env belongs to $STATE_DIR, not $dir: refusing"; exit 1; }
+log "$(date -u +%T.%N | cut -c1-12) tearing down $STATE_DIR (pid $$)"
 
 # Our own ancestry (the watchdog that runs us names the directory too): never signal it.
 keep=" $$ "
@@ -33,10 +34,14 @@ cgroup_pids() {
 }
 named_pids() {
   # One grep over every command line (a fork per process would crawl on a loaded machine).
+  # The grep and this command substitution's subshell name the directory too: the subshell is
+  # $BASHPID, the grep has exited by now.
   local f pid
   for f in $(grep -laF -- "$STATE_DIR" /proc/[0-9]*/cmdline 2>/dev/null); do
     pid=${f#/proc/}; pid=${pid%/cmdline}
     case "$keep" in *" $pid "*) continue ;; esac
+    [ "$pid" = "$BASHPID" ] && continue
+    [ -d "/proc/$pid" ] || continue
     echo "$pid"
   done
 }
@@ -69,6 +74,7 @@ for round in $(seq 1 50); do
   [ -z "$(named_pids)$(cgroup_pids)" ] && break
   [ "$round" = 50 ] && log "processes still alive after 10 s: $(named_pids) $(cgroup_pids)"
 done
+log "$(date -u +%T.%N | cut -c1-12) processes gone (round $round)"
 for s in "${sockets[@]}"; do
   case "$s" in /run/containerd/s/*) rm -f -- "$s" ;; esac
 done
@@ -105,4 +111,5 @@ if awk -v d="$STATE_DIR/" '{ if (index($5 "/", d) == 1) found = 1 } END { exit !
   exit 1
 fi
 rm -rf --one-file-system -- "$STATE_DIR"
+log "$(date -u +%T.%N | cut -c1-12) done"
 exit 0

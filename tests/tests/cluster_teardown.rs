@@ -45,7 +45,10 @@ async fn nothing_left(slot: &Slot, sockets: &[String], host_before: &str) -> Res
             if left.is_empty() && stale.is_empty() {
                 Ok(())
             } else {
-                Err(format!("left: {left:#?}; shim sockets: {stale:?}"))
+                Err(format!(
+                    "left: {left:#?}; shim sockets: {stale:?}\n{}",
+                    footprint::teardown_state(slot)
+                ))
             }
         },
     )

@@ -163,6 +163,36 @@ pub fn shim_sockets(slot: &Slot) -> Vec<String> {
     sockets
 }
 
+/// What the slot's teardown is doing, for a failure message: its log so far, and each watchdog
+/// or teardown process still running with its state and where in the kernel it waits.
+pub fn teardown_state(slot: &Slot) -> String {
+    let log_path = super::slot::teardown_log(slot);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| format!("({e})"));
+    let lock = slot.lock_file().display().to_string();
+    let mut out = format!("teardown log {}:\n{log}", log_path.display());
+    for entry in list("/proc") {
+        let Some(pid) = entry.file_name().and_then(|n| n.to_str()).map(String::from) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if !cmdline.contains(&lock) && !cmdline.contains("cluster-down.sh") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .map_or("?", |(_, r)| &r[..1.min(r.len())]);
+        let wchan = std::fs::read_to_string(entry.join("wchan")).unwrap_or_default();
+        out.push_str(&format!(
+            "\nprocess {pid} state {state} wchan {wchan}: {}",
+            cmdline.trim()
+        ));
+    }
+    out
+}
+
 fn list(dir: impl AsRef<Path>) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())

@@ -124,7 +124,7 @@ fn start_watchdog(slot: &Slot) -> Result<Option<(Child, ChildStdin)>> {
 }
 
 /// Where the watchdog's teardown writes its output (beside the slot's lock).
-fn teardown_log(slot: &Slot) -> PathBuf {
+pub fn teardown_log(slot: &Slot) -> PathBuf {
     slot.lock_file().with_extension("teardown.log")
 }
 
