@@ -1,6 +1,7 @@
 //! Shared set-up of the end-to-end tests: a real cluster with the webhook installed exactly as a
 //! user installs it (`kubectl apply -k manifests/`), and what the webhook's own metrics report.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::cluster::{self, Cluster};
@@ -193,6 +194,76 @@ pub async fn ready_pods(
         eprintln!("{}", out.stdout);
     }
     ready
+}
+
+/// The holder of Lease `lease` once `pod_count` pods matching `selector` run, every one's
+/// elector is told that Lease, the Lease has an ownerReference to `owner` (kind, name), and it
+/// names one of those pods.
+pub async fn elected(
+    c: &Cluster,
+    ns: &str,
+    lease: &str,
+    selector: &str,
+    pod_count: usize,
+    owner: (&str, &str),
+) -> Result<String> {
+    let what = format!("Lease {lease} held by one of the {pod_count} pods matching {selector}");
+    eventually(&what, TIMEOUT, || async {
+        let items = pods(c, ns, selector).await.map_err(|e| e.to_string())?;
+        let running: Vec<&serde_json::Value> = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .collect();
+        if running.len() != pod_count {
+            return Err(format!("{} running pods of {}", running.len(), items.len()));
+        }
+        // Every pod's elector is told this Lease, by the webhook's patch.
+        for p in &running {
+            let elector = p["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .chain(p["spec"]["initContainers"].as_array())
+                .flatten()
+                .find(|c| c["name"] == contract::CONTAINER_NAME)
+                .ok_or_else(|| format!("{} has no elector", p["metadata"]["name"]))?;
+            let arg = format!("--election={lease}");
+            if !elector["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a == &serde_json::json!(arg))
+            {
+                return Err(format!(
+                    "{} elector args {}",
+                    p["metadata"]["name"], elector["args"]
+                ));
+            }
+        }
+        let names: BTreeSet<&str> = running
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .collect();
+        let l = kubectl_json(c, &["get", "lease", lease, "-n", ns, "-o", "json"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let owners = l["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !owners
+            .iter()
+            .any(|o| o["kind"] == owner.0 && o["name"] == owner.1)
+        {
+            return Err(format!("Lease {lease} owners {owners:?}, want {owner:?}"));
+        }
+        let holder = l["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        if names.contains(holder) {
+            Ok(holder.to_string())
+        } else {
+            Err(format!("holder {holder:?} not one of {names:?}"))
+        }
+    })
+    .await
 }
 
 /// `kubectl rollout status deployment/<name>` in `namespace`.

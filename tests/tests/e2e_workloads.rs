@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use testenv::cluster::{Cluster, pods};
-use testenv::e2e::{TIMEOUT, deployed, kubectl_json as json_of};
+use testenv::e2e::{TIMEOUT, deployed, elected, kubectl_json as json_of};
 use testenv::{Result, eventually, fail};
 
 const ENABLED: &str = contract::annotations::ENABLED;
@@ -76,76 +76,6 @@ fn workload(kind: &str, name: &str, app: &str) -> Value {
            "metadata": {"name": name, "annotations": on}, "spec": spec})
 }
 
-/// The Lease `name` once one of `pods` holds it, with its ownerReferences checked.
-async fn elected(
-    c: &Cluster,
-    ns: &str,
-    lease: &str,
-    app: &str,
-    pod_count: usize,
-    owner: (&str, &str),
-) -> Result<String> {
-    let what = format!("Lease {lease} held by one of the {pod_count} {app} pods");
-    eventually(&what, TIMEOUT, || async {
-        let items = testenv::e2e::pods(c, ns, &format!("app={app}"))
-            .await
-            .map_err(|e| e.to_string())?;
-        let running: Vec<&Value> = items
-            .iter()
-            .filter(|p| p["status"]["phase"] == "Running")
-            .collect();
-        if running.len() != pod_count {
-            return Err(format!("{} running pods of {}", running.len(), items.len()));
-        }
-        // Every pod's elector is told this Lease, by the webhook's patch.
-        for p in &running {
-            let elector = p["spec"]["containers"]
-                .as_array()
-                .into_iter()
-                .chain(p["spec"]["initContainers"].as_array())
-                .flatten()
-                .find(|c| c["name"] == contract::CONTAINER_NAME)
-                .ok_or_else(|| format!("{} has no elector", p["metadata"]["name"]))?;
-            let arg = format!("--election={lease}");
-            if !elector["args"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|a| a == &json!(arg))
-            {
-                return Err(format!(
-                    "{} elector args {}",
-                    p["metadata"]["name"], elector["args"]
-                ));
-            }
-        }
-        let names: BTreeSet<&str> = running
-            .iter()
-            .filter_map(|p| p["metadata"]["name"].as_str())
-            .collect();
-        let l = json_of(c, &["get", "lease", lease, "-n", ns, "-o", "json"])
-            .await
-            .map_err(|e| e.to_string())?;
-        let owners = l["metadata"]["ownerReferences"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if !owners
-            .iter()
-            .any(|o| o["kind"] == owner.0 && o["name"] == owner.1)
-        {
-            return Err(format!("Lease {lease} owners {owners:?}, want {owner:?}"));
-        }
-        let holder = l["spec"]["holderIdentity"].as_str().unwrap_or_default();
-        if names.contains(holder) {
-            Ok(holder.to_string())
-        } else {
-            Err(format!("holder {holder:?} not one of {names:?}"))
-        }
-    })
-    .await
-}
-
 async fn lease_names(c: &Cluster, ns: &str) -> Result<BTreeSet<String>> {
     let l = json_of(c, &["get", "leases", "-n", ns, "-o", "json"]).await?;
     Ok(l["items"]
@@ -183,7 +113,7 @@ async fn each_kind_elects_on_its_own_lease() -> Result<()> {
         ("job.once", "once", 2, ("Job", "once")),
     ];
     for (lease, app, n, owner) in cases {
-        let holder = elected(c, &ns, lease, app, n, owner).await?;
+        let holder = elected(c, &ns, lease, &format!("app={app}"), n, owner).await?;
         eprintln!("{lease}: held by {holder}");
     }
     // Two Leases for one name, and no other (no per-pod or per-ReplicaSet Lease).
@@ -211,7 +141,15 @@ async fn a_cronjobs_overlapping_jobs_share_one_lease_and_leave_none() -> Result<
         )
         .await?;
     }
-    let holder = elected(c, &ns, "cronjob.backup", "backup", 2, ("CronJob", "backup")).await?;
+    let holder = elected(
+        c,
+        &ns,
+        "cronjob.backup",
+        "app=backup",
+        2,
+        ("CronJob", "backup"),
+    )
+    .await?;
     eprintln!("cronjob.backup: held by {holder}");
     let job = json_of(c, &["get", "job", "backup-run-1", "-n", &ns, "-o", "json"]).await?;
     assert_eq!(
@@ -324,7 +262,7 @@ async fn moving_enabled_into_the_template_keeps_the_elector() -> Result<()> {
         )
         .await?;
         assert!(pods_have_elector(c, &ns, app).await? >= 2, "{app}");
-        let lease = elected(c, &ns, app, app, 2, ("Deployment", app)).await?;
+        let lease = elected(c, &ns, app, &format!("app={app}"), 2, ("Deployment", app)).await?;
         eprintln!("{app}: {lease} leads before the move");
         // What the webhook copied is not attributed to the applier: an Apply manager owns only
         // what its configuration declares (the webhook relies on it to tell the user's keys).
