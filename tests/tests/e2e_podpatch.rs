@@ -1,6 +1,7 @@
 //! What the pod patch does, on the real cluster with the webhook installed from manifests/:
 //! the leader-elector:0.4 sidecar refused at `kubectl apply`, a Guaranteed pod kept Guaranteed,
-//! a LimitRange satisfied through the resource annotations, and the native sidecar started
+//! a LimitRange satisfied through the resource annotations, pod-level resources left to the
+//! pod's budget, and the native sidecar started
 //! before the pod's own init containers and its app. Every check reads what the API server
 //! reports (pod spec and status, the Lease, kubectl's error).
 
@@ -261,6 +262,40 @@ async fn a_guaranteed_pod_stays_guaranteed_and_elects() -> Result<()> {
         e["resources"],
         serde_json::json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pod_level_resources_keep_the_elector_in_the_pods_budget() -> Result<()> {
+    let c = deployed().await?;
+    let ns = c.create_namespace("pod-level").await?;
+    // The app asks for the pod's whole budget (pod-level resources, on by default since 1.34):
+    // an elector with its default requests would take the sum past it, and the API server
+    // would refuse every pod of the Deployment.
+    let budget = serde_json::json!({"cpu": "100m", "memory": "64Mi"});
+    let mut d = deployment(
+        "pod-level",
+        1,
+        serde_json::json!({ann::ENABLED: "true"}),
+        serde_json::json!({}),
+        "sleep 3600",
+        serde_json::json!({"requests": budget}),
+    );
+    d["spec"]["template"]["spec"]["resources"] =
+        serde_json::json!({"requests": budget, "limits": budget});
+    let out = apply(c, &ns, &d).await?;
+    assert!(out.success, "{}", out.stderr);
+    let pods = ready_pods(c, &ns, "app=pod-level", 1, pods::not_ready).await?;
+    let p = &pods[0];
+    assert_eq!(p["status"]["qosClass"], "Guaranteed", "{:#}", p["spec"]);
+    assert_eq!(p["spec"]["resources"]["limits"], budget, "{:#}", p["spec"]);
+    let e = elector_of(p).expect("elector injected");
+    assert!(
+        e["resources"].as_object().is_none_or(|r| r.is_empty()),
+        "the elector shares the pod's budget: {:#}",
+        e["resources"]
+    );
+    leader_among(c, &ns, "pod-level", &pods).await?;
     Ok(())
 }
 

@@ -436,6 +436,26 @@ async fn guaranteed_pod_gets_a_guaranteed_elector() {
 }
 
 #[tokio::test]
+async fn pod_level_resources_leave_the_elector_in_the_pods_budget() {
+    let app = app();
+    let mut v = fixture_json("pod-generatename.json");
+    let budget = json!({"cpu": "100m", "memory": "64Mi"});
+    v["request"]["object"]["spec"]["resources"] = json!({"requests": budget, "limits": budget});
+    v["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": budget});
+    let (r, pod) = admit_value(&app, v.clone()).await;
+    assert!(r.response.allowed);
+    let e = container(&pod, contract::CONTAINER_NAME).unwrap();
+    assert_eq!(e["resources"], json!({}));
+    // What the user annotates is still set.
+    v["request"]["object"]["metadata"]["annotations"]["leader-election/memory-limit"] =
+        json!("16Mi");
+    let (r, pod) = admit_value(&app, v).await;
+    assert!(r.response.allowed);
+    let e = container(&pod, contract::CONTAINER_NAME).unwrap();
+    assert_eq!(e["resources"], json!({"limits": {"memory": "16Mi"}}));
+}
+
+#[tokio::test]
 async fn bad_resource_annotation_is_denied_with_its_name_and_form() {
     let app = app();
     let mut v = fixture_json("pod-generatename.json");

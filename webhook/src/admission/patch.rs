@@ -191,7 +191,7 @@ fn check_spec(
             )));
         }
     }
-    let r = resources::elector_resources(&settings.resources, resources::pod_is_guaranteed(spec))?;
+    let r = resources::elector_resources(&settings.resources, resources::pod_budget(spec))?;
     Ok(resources::to_json(&r))
 }
 

@@ -149,27 +149,71 @@ fn guaranteed(c: &Container) -> bool {
     })
 }
 
-/// The pod is Guaranteed today: every container and init container (the elector aside) is.
-pub fn pod_is_guaranteed(spec: &PodSpec) -> bool {
+/// How the pod budgets CPU and memory, which decides the elector's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodBudget {
+    /// `spec.resources` (pod-level resources, beta since Kubernetes 1.34): the containers share
+    /// the pod's budget, the QoS class comes from it, and the API server refuses containers whose
+    /// requests add up to more than the pod's, so the elector takes no default amounts.
+    PodLevel,
+    /// Every container and init container (the elector aside) is Guaranteed.
+    Guaranteed,
+    /// Anything else (Burstable or BestEffort).
+    PerContainer,
+}
+
+/// The pod's [`PodBudget`] today.
+pub fn pod_budget(spec: &PodSpec) -> PodBudget {
+    let pod_level = spec.resources.as_ref().is_some_and(|r| {
+        r.requests.as_ref().is_some_and(|m| !m.is_empty())
+            || r.limits.as_ref().is_some_and(|m| !m.is_empty())
+    });
+    if pod_level {
+        return PodBudget::PodLevel;
+    }
     let mut all = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .filter(|c| c.name != contract::CONTAINER_NAME)
         .peekable();
-    all.peek().is_some() && all.all(guaranteed)
+    if all.peek().is_some() && all.all(guaranteed) {
+        PodBudget::Guaranteed
+    } else {
+        PodBudget::PerContainer
+    }
 }
 
 /// The elector's `resources`. Defaults adapt to what the user set on the other side (a lower
 /// limit lowers the default request, a higher request raises the default limit). In a
-/// Guaranteed pod requests equal limits, so the pod keeps its QoS class.
+/// Guaranteed pod requests equal limits, so the pod keeps its QoS class. Under pod-level
+/// resources only what the annotations say is set.
 pub fn elector_resources(
     s: &ResourceSettings,
-    guaranteed_pod: bool,
+    budget: PodBudget,
 ) -> Result<ResourceRequirements, Denial> {
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     let q = |a: &Amount| Quantity(a.text.clone());
+    if budget == PodBudget::PodLevel {
+        for (name, req, lim) in [
+            ("cpu", &s.cpu_request, &s.cpu_limit),
+            ("memory", &s.memory_request, &s.memory_limit),
+        ] {
+            if let Some(r) = req {
+                requests.insert(name.to_string(), q(r));
+            }
+            if let Some(l) = lim {
+                limits.insert(name.to_string(), q(l));
+            }
+        }
+        return Ok(ResourceRequirements {
+            requests: Some(requests),
+            limits: Some(limits),
+            ..ResourceRequirements::default()
+        });
+    }
+    let guaranteed_pod = budget == PodBudget::Guaranteed;
     // (resource, request, limit, default request, default limit, annotation names)
     let cpu = (
         "cpu",
@@ -249,7 +293,9 @@ pub fn to_json(r: &ResourceRequirements) -> Value {
         )
     };
     let mut out = Map::new();
-    out.insert("requests".into(), map(&r.requests));
+    if r.requests.as_ref().is_some_and(|m| !m.is_empty()) {
+        out.insert("requests".into(), map(&r.requests));
+    }
     if r.limits.as_ref().is_some_and(|l| !l.is_empty()) {
         out.insert("limits".into(), map(&r.limits));
     }
@@ -277,6 +323,73 @@ mod tests {
         assert_eq!(
             parse_quantity("0.5").unwrap().value,
             parse_quantity("500m").unwrap().value
+        );
+    }
+
+    fn spec(v: Value) -> PodSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn pod_budget_table() {
+        let g = json!({"requests": {"cpu": "1", "memory": "1Gi"},
+                       "limits": {"cpu": "1", "memory": "1Gi"}});
+        let cases = [
+            (
+                json!({"containers": [{"name": "a"}]}),
+                PodBudget::PerContainer,
+            ),
+            (
+                json!({"containers": [{"name": "a", "resources": g}]}),
+                PodBudget::Guaranteed,
+            ),
+            (
+                json!({"containers": [{"name": "a", "resources": g},
+                                      {"name": "b"}]}),
+                PodBudget::PerContainer,
+            ),
+            // The elector itself (re-invocation) does not count.
+            (
+                json!({"containers": [{"name": "a", "resources": g},
+                                      {"name": contract::CONTAINER_NAME}]}),
+                PodBudget::Guaranteed,
+            ),
+            (
+                json!({"resources": {"limits": {"memory": "1Gi"}},
+                       "containers": [{"name": "a", "resources": g}]}),
+                PodBudget::PodLevel,
+            ),
+            // An empty pod-level object budgets nothing.
+            (
+                json!({"resources": {}, "containers": [{"name": "a"}]}),
+                PodBudget::PerContainer,
+            ),
+        ];
+        for (v, want) in cases {
+            assert_eq!(pod_budget(&spec(v.clone())), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn under_pod_level_resources_only_annotated_amounts_are_set() {
+        let none = ResourceSettings::default();
+        let r = elector_resources(&none, PodBudget::PodLevel).unwrap();
+        assert_eq!(to_json(&r), json!({}));
+        let some = ResourceSettings {
+            cpu_limit: parse_quantity("50m"),
+            memory_request: parse_quantity("8Mi"),
+            ..ResourceSettings::default()
+        };
+        let r = elector_resources(&some, PodBudget::PodLevel).unwrap();
+        assert_eq!(
+            to_json(&r),
+            json!({"requests": {"memory": "8Mi"}, "limits": {"cpu": "50m"}})
+        );
+        // Elsewhere the defaults apply.
+        let r = elector_resources(&none, PodBudget::PerContainer).unwrap();
+        assert_eq!(
+            to_json(&r),
+            json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})
         );
     }
 }
