@@ -266,6 +266,18 @@ pub async fn elected(
     .await
 }
 
+/// The example app (tests/e2e/my-app: 3 replicas) applied in `namespace` as a user applies
+/// it (`kubectl apply -k`), and rolled out.
+pub async fn apply_example(c: &Cluster, namespace: &str) -> Result<()> {
+    let app = workspace_root().join("tests/e2e/my-app");
+    c.kubectl_ok(
+        &["apply", "-n", namespace, "-k", &app.display().to_string()],
+        None,
+    )
+    .await?;
+    rollout(c, namespace, "my-app").await
+}
+
 /// `kubectl rollout status deployment/<name>` in `namespace`.
 pub async fn rollout(c: &Cluster, namespace: &str, name: &str) -> Result<()> {
     let deploy = format!("deployment/{name}");

@@ -6,31 +6,14 @@
 use std::collections::BTreeSet;
 
 use testenv::cluster::{Cluster, pods};
-use testenv::e2e::{TIMEOUT, deployed, kubectl_json as json, ready_pods};
-use testenv::{Result, eventually, fail, workspace_root};
+use testenv::e2e::{TIMEOUT, apply_example, deployed, kubectl_json as json, ready_pods};
+use testenv::{Result, eventually, fail};
 
 #[tokio::test]
 async fn the_example_app_elects_one_leader_in_real_pods() -> Result<()> {
     let c = deployed().await?;
     let ns = c.create_namespace("my-app").await?;
-    let app = workspace_root().join("tests/e2e/my-app");
-    c.kubectl_ok(
-        &["apply", "-n", &ns, "-k", &app.display().to_string()],
-        None,
-    )
-    .await?;
-    c.kubectl_ok(
-        &[
-            "-n",
-            &ns,
-            "rollout",
-            "status",
-            "deployment/my-app",
-            "--timeout=240s",
-        ],
-        None,
-    )
-    .await?;
+    apply_example(c, &ns).await?;
 
     // Three Running pods, every container ready, as `kubectl get pods` reports them.
     let pods = ready_pods(c, &ns, "app=my-app", 3, pods::not_ready).await?;
@@ -210,13 +193,6 @@ async fn the_api_server_sends_only_annotated_pods_of_eligible_namespaces() -> Re
 }
 
 /// Applies the example into `ns` and waits for its rollout.
-async fn apply_example(c: &Cluster, ns: &str) -> Result<()> {
-    let app = workspace_root().join("tests/e2e/my-app");
-    c.kubectl_ok(&["apply", "-n", ns, "-k", &app.display().to_string()], None)
-        .await?;
-    rollout(c, ns).await
-}
-
 async fn rollout(c: &Cluster, ns: &str) -> Result<()> {
     testenv::e2e::rollout(c, ns, "my-app").await
 }

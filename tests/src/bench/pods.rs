@@ -124,24 +124,7 @@ pub async fn real_pods(deletes: usize, restarts: usize) -> Result<PodsResult> {
 async fn run(c: &Cluster, deletes: usize, restarts: usize) -> Result<PodsResult> {
     crate::e2e::install_webhook(c).await?;
     let ns = c.create_namespace("bench-my-app").await?;
-    let app = crate::workspace_root().join("tests/e2e/my-app");
-    c.kubectl_ok(
-        &["apply", "-n", &ns, "-k", &app.display().to_string()],
-        None,
-    )
-    .await?;
-    c.kubectl_ok(
-        &[
-            "-n",
-            &ns,
-            "rollout",
-            "status",
-            "deployment/my-app",
-            "--timeout=300s",
-        ],
-        None,
-    )
-    .await?;
+    crate::e2e::apply_example(c, &ns).await?;
     let mut out = Vec::new();
     for _ in 0..deletes {
         let pods = ready_pods(c, &ns).await?;
