@@ -266,6 +266,30 @@ pub async fn elected(
     .await
 }
 
+/// The holder of Lease `lease` once it names one of `pods` (as JSON from the API server).
+pub async fn leader_among(
+    c: &Cluster,
+    namespace: &str,
+    lease: &str,
+    pods: &[serde_json::Value],
+) -> Result<String> {
+    let names: BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    eventually(&format!("a holder of Lease {lease}"), TIMEOUT, || async {
+        let l = kubectl_json(c, &["get", "lease", lease, "-n", namespace, "-o", "json"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let holder = l["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        names
+            .contains(holder)
+            .then(|| holder.to_string())
+            .ok_or_else(|| format!("holder {holder:?}, pods {names:?}"))
+    })
+    .await
+}
+
 /// The example app (tests/e2e/my-app: 3 replicas) applied in `namespace` as a user applies
 /// it (`kubectl apply -k`), and rolled out.
 pub async fn apply_example(c: &Cluster, namespace: &str) -> Result<()> {

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 
 use testenv::cluster::{Cluster, pods};
-use testenv::e2e::{TIMEOUT, apply_example, deployed, kubectl_json as json, ready_pods};
+use testenv::e2e::{
+    TIMEOUT, apply_example, deployed, kubectl_json as json, leader_among, ready_pods,
+};
 use testenv::{Result, eventually, fail};
 
 #[tokio::test]
@@ -197,25 +199,6 @@ async fn rollout(c: &Cluster, ns: &str) -> Result<()> {
     testenv::e2e::rollout(c, ns, "my-app").await
 }
 
-/// Waits until Lease my-app names one of `pods`.
-async fn leader_among(c: &Cluster, ns: &str, pods: &[serde_json::Value]) -> Result<String> {
-    let names: BTreeSet<String> = pods
-        .iter()
-        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
-        .collect();
-    eventually("a leader among the pods", TIMEOUT, || async {
-        let lease = json(c, &["get", "lease", "my-app", "-n", ns, "-o", "json"])
-            .await
-            .map_err(|e| e.to_string())?;
-        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
-        names
-            .contains(holder)
-            .then(|| holder.to_string())
-            .ok_or_else(|| format!("holder {holder:?}, pods {names:?}"))
-    })
-    .await
-}
-
 #[tokio::test]
 async fn without_token_automount_the_app_container_has_no_token_and_the_elector_leads() -> Result<()>
 {
@@ -236,7 +219,7 @@ async fn without_token_automount_the_app_container_has_no_token_and_the_elector_
     .await?;
     apply_example(c, &ns).await?;
     let pods = ready_pods(c, &ns, "app=my-app", 3, pods::not_ready).await?;
-    leader_among(c, &ns, &pods).await?;
+    leader_among(c, &ns, "my-app", &pods).await?;
     for pod in &pods {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         assert_eq!(
@@ -324,7 +307,7 @@ async fn workload_annotations_on_the_real_cluster() -> Result<()> {
             pod["spec"]
         );
     }
-    leader_among(c, &ns, &pods).await?;
+    leader_among(c, &ns, "my-app", &pods).await?;
 
     // Removing the annotation rolls out pods without the elector.
     c.kubectl_ok(

@@ -7,8 +7,8 @@
 
 use testenv::cluster::config::BUSYBOX_IMAGE;
 use testenv::cluster::{Cluster, pods};
-use testenv::e2e::{TIMEOUT, deployed, kubectl_json as json, ready_pods};
-use testenv::{Result, eventually, fail};
+use testenv::e2e::{TIMEOUT, deployed, kubectl_json as json, leader_among, ready_pods};
+use testenv::{Result, fail};
 
 use contract::annotations as ann;
 
@@ -48,29 +48,6 @@ fn deployment(
 async fn apply(c: &Cluster, ns: &str, obj: &serde_json::Value) -> Result<testenv::CmdOutput> {
     c.kubectl(&["apply", "-n", ns, "-f", "-"], Some(&obj.to_string()))
         .await
-}
-
-async fn leader_among(
-    c: &Cluster,
-    ns: &str,
-    lease: &str,
-    pods: &[serde_json::Value],
-) -> Result<String> {
-    let names: Vec<&str> = pods
-        .iter()
-        .filter_map(|p| p["metadata"]["name"].as_str())
-        .collect();
-    eventually(&format!("a holder of Lease {lease}"), TIMEOUT, || async {
-        let l = json(c, &["get", "lease", lease, "-n", ns, "-o", "json"])
-            .await
-            .map_err(|e| e.to_string())?;
-        let holder = l["spec"]["holderIdentity"].as_str().unwrap_or_default();
-        names
-            .contains(&holder)
-            .then(|| holder.to_string())
-            .ok_or_else(|| format!("holder {holder:?}, pods {names:?}"))
-    })
-    .await
 }
 
 fn elector_of(pod: &serde_json::Value) -> Option<&serde_json::Value> {

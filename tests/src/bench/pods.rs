@@ -69,47 +69,16 @@ async fn holder(c: &Cluster, ns: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// Names of the app's pods that are Running, ready and not terminating, once there are 3.
-async fn ready_pods(c: &Cluster, ns: &str) -> Result<Vec<String>> {
-    eventually("3 ready my-app pods", TIMEOUT, || async {
-        let out = c
-            .kubectl_ok(
-                &["get", "pods", "-n", ns, "-l", "app=my-app", "-o", "json"],
-                None,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let list: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-        let pods: Vec<&serde_json::Value> = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .collect();
-        let ready: Vec<String> = pods
-            .iter()
-            .filter(|p| crate::cluster::pods::not_ready(p).is_none())
-            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
-            .collect();
-        if pods.len() == 3 && ready.len() == 3 {
-            Ok(ready)
-        } else {
-            Err(format!("{} pods, ready: {ready:?}", pods.len()))
-        }
-    })
-    .await
-}
-
-async fn leader_among(c: &Cluster, ns: &str, pods: &[String]) -> Result<String> {
-    eventually("a leader among the pods", TIMEOUT, || async {
-        let h = holder(c, ns).await?;
-        if pods.contains(&h) {
-            Ok(h)
-        } else {
-            Err(format!("holder {h:?}, pods {pods:?}"))
-        }
-    })
-    .await
+/// The example app's 3 ready pods and the one the Lease names.
+async fn ready_and_leader(c: &Cluster, ns: &str) -> Result<(Vec<String>, String)> {
+    let pods =
+        crate::e2e::ready_pods(c, ns, "app=my-app", 3, crate::cluster::pods::not_ready).await?;
+    let leader = crate::e2e::leader_among(c, ns, APP, &pods).await?;
+    let names = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    Ok((names, leader))
 }
 
 pub async fn real_pods(deletes: usize, restarts: usize) -> Result<PodsResult> {
@@ -127,8 +96,7 @@ async fn run(c: &Cluster, deletes: usize, restarts: usize) -> Result<PodsResult>
     crate::e2e::apply_example(c, &ns).await?;
     let mut out = Vec::new();
     for _ in 0..deletes {
-        let pods = ready_pods(c, &ns).await?;
-        let from = leader_among(c, &ns, &pods).await?;
+        let (pods, from) = ready_and_leader(c, &ns).await?;
         let others: Vec<String> = pods.iter().filter(|p| **p != from).cloned().collect();
         c.kubectl_ok(&["delete", "pod", "-n", &ns, &from, "--wait=false"], None)
             .await?;
@@ -148,8 +116,7 @@ async fn run(c: &Cluster, deletes: usize, restarts: usize) -> Result<PodsResult>
     }
     let mut rs = Vec::new();
     for _ in 0..restarts {
-        let pods = ready_pods(c, &ns).await?;
-        let first = leader_among(c, &ns, &pods).await?;
+        let (_, first) = ready_and_leader(c, &ns).await?;
         let t0 = Instant::now();
         c.kubectl_ok(
             &["-n", &ns, "rollout", "restart", "deployment/my-app"],
@@ -183,8 +150,7 @@ async fn run(c: &Cluster, deletes: usize, restarts: usize) -> Result<PodsResult>
             return Err(fail("kubectl rollout status", done.stderr));
         }
         // Until the new pods agree on a leader among themselves.
-        let pods = ready_pods(c, &ns).await?;
-        let last = leader_among(c, &ns, &pods).await?;
+        let (_, last) = ready_and_leader(c, &ns).await?;
         if holders.last() != Some(&last) {
             holders.push(last);
         }
