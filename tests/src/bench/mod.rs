@@ -368,6 +368,22 @@ fn pod_rows(p: &pods::PodsResult) -> Vec<Row> {
             .note(format!("max {:.2} s", d.max)),
         );
     }
+    if let Some(d) = p.delete_answered {
+        rows.push(
+            Row::new(
+                t,
+                format!(
+                    "kubectl delete pod <leader> → the new holder answers it leads, median ({} rounds)",
+                    d.n
+                ),
+                "s",
+                Some(d.median),
+                None,
+                &[],
+            )
+            .note(format!("max {:.2} s", d.max)),
+        );
+    }
     let moves: Vec<f64> = p.restarts.iter().map(|r| r.leader_moves as f64).collect();
     if let Some(m) = stats::summarize(&moves) {
         rows.push(

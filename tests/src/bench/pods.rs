@@ -22,6 +22,9 @@ pub struct LeaderDelete {
     pub to: String,
     /// From `kubectl delete pod` returning to the Lease naming another pod.
     pub seconds: f64,
+    /// From `kubectl delete pod` returning to the new holder's elector answering that it leads
+    /// (`GET /` through `kubectl exec`, as the app asks).
+    pub answered_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +39,7 @@ pub struct Restart {
 pub struct PodsResult {
     pub deletes: Vec<LeaderDelete>,
     pub delete: Option<Summary>,
+    pub delete_answered: Option<Summary>,
     pub restarts: Vec<Restart>,
 }
 
@@ -111,8 +115,28 @@ async fn run(c: &Cluster, deletes: usize, restarts: usize) -> Result<PodsResult>
         })
         .await?;
         let seconds = t0.elapsed().as_secs_f64();
-        eprintln!("bench:   kubectl delete pod {from}: {to} holds the Lease after {seconds:.2} s");
-        out.push(LeaderDelete { from, to, seconds });
+        eventually(
+            "the new holder to answer that it leads",
+            TIMEOUT,
+            || async {
+                match crate::e2e::elector_leader(c, &ns, &to).await? {
+                    said if said == to => Ok(()),
+                    said => Err(format!("{to} answers {said:?}")),
+                }
+            },
+        )
+        .await?;
+        let answered_seconds = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "bench:   kubectl delete pod {from}: {to} holds the Lease after {seconds:.2} s, \
+             answers it leads after {answered_seconds:.2} s"
+        );
+        out.push(LeaderDelete {
+            from,
+            to,
+            seconds,
+            answered_seconds,
+        });
     }
     let mut rs = Vec::new();
     for _ in 0..restarts {
@@ -167,6 +191,7 @@ async fn run(c: &Cluster, deletes: usize, restarts: usize) -> Result<PodsResult>
     }
     Ok(PodsResult {
         delete: summarize(&out.iter().map(|d| d.seconds).collect::<Vec<_>>()),
+        delete_answered: summarize(&out.iter().map(|d| d.answered_seconds).collect::<Vec<_>>()),
         deletes: out,
         restarts: rs,
     })
