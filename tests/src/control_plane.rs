@@ -109,11 +109,51 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-/// A free loopback port (bound and released: another process could take it meanwhile, which
-/// start-up reports as an exited component).
+/// Ports handed out by [`free_port`] start here.
+const LISTEN_PORTS_FROM: u16 = 10_000;
+
+/// A free loopback port for a process under test to listen on, bound and released. It lies
+/// below the kernel's ephemeral range: a port from `bind(:0)` can be taken meanwhile by any
+/// outgoing connection (a bench fleet of 150 API clients did take one), while ports below the
+/// range are never given to connections. Each port is handed out once per process, from a start
+/// that differs between processes.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
-    Ok(l.local_addr().context("reading the bound port")?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let below = ephemeral_low().unwrap_or(32_768);
+    if below <= LISTEN_PORTS_FROM + 1_000 {
+        // An unusual ephemeral range: take what the kernel gives.
+        let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+        return Ok(l.local_addr().context("reading the bound port")?.port());
+    }
+    let span = u32::from(below - LISTEN_PORTS_FROM);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = LISTEN_PORTS_FROM + n as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(fail(
+        "finding a free loopback port",
+        format!("every port from {LISTEN_PORTS_FROM} to {below} is in use"),
+    ))
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `127.0.0.1:<free port>`: where a process under test (elector, webhook) listens.
@@ -722,4 +762,27 @@ pub async fn shared() -> Result<&'static ControlPlane> {
     let cp = SHARED.get_or_try_init(ControlPlane::start).await?;
     cp.ensure_running()?;
     Ok(cp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let below = ephemeral_low().unwrap_or(32_768);
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        if below > LISTEN_PORTS_FROM + 1_000 {
+            assert!(
+                ports.iter().all(|p| (LISTEN_PORTS_FROM..below).contains(p)),
+                "{ports:?} not in {LISTEN_PORTS_FROM}..{below}"
+            );
+        }
+        // Each is free: it can be bound now.
+        for p in ports {
+            TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
 }
