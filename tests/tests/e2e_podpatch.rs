@@ -89,24 +89,36 @@ async fn the_old_sidecar_is_refused_at_kubectl_apply_with_the_migration() -> Res
         "http://localhost:4040",
         "Lease",
     ];
-    // Annotated on the Deployment: refused at `kubectl apply`, nothing stored.
-    let out = apply(c, &ns, &with_old(enabled.clone(), serde_json::json!({}))).await?;
-    assert!(!out.success, "the Deployment was accepted");
-    for want in steps {
-        assert!(
-            out.stderr.contains(want),
-            "{want:?} not in kubectl's error: {}",
-            out.stderr
-        );
-    }
-    let get = c
-        .kubectl(&["get", "deployment", "legacy", "-n", &ns], None)
-        .await?;
-    assert!(
-        !get.success && get.stderr.contains("NotFound"),
-        "{}",
-        get.stderr
-    );
+    // Refused at `kubectl apply` with the migration steps, and nothing stored.
+    let refused = |d: serde_json::Value| {
+        let ns = ns.clone();
+        async move {
+            let name = d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let out = apply(c, &ns, &d).await?;
+            assert!(!out.success, "{name} was accepted: {}", out.stdout);
+            for want in steps {
+                assert!(
+                    out.stderr.contains(want),
+                    "{want:?} not in kubectl's error: {}",
+                    out.stderr
+                );
+            }
+            let get = c
+                .kubectl(&["get", "deployment", &name, "-n", &ns], None)
+                .await?;
+            assert!(
+                !get.success && get.stderr.contains("NotFound"),
+                "{}",
+                get.stderr
+            );
+            Ok::<(), testenv::Error>(())
+        }
+    };
+    // Annotated on the Deployment.
+    refused(with_old(enabled.clone(), serde_json::json!({}))).await?;
 
     // Annotated on the pod template only: refused at `kubectl apply` just the same (the
     // workload webhook is sent every Deployment with a leader-election/ key in its template), not
@@ -116,23 +128,7 @@ async fn the_old_sidecar_is_refused_at_kubectl_apply_with_the_migration() -> Res
     tmpl_only["spec"]["selector"]["matchLabels"]["app"] = serde_json::json!("legacy-template");
     tmpl_only["spec"]["template"]["metadata"]["labels"]["app"] =
         serde_json::json!("legacy-template");
-    let out = apply(c, &ns, &tmpl_only).await?;
-    assert!(!out.success, "template-only: {}", out.stdout);
-    for want in steps {
-        assert!(
-            out.stderr.contains(want),
-            "{want:?} not in kubectl's error: {}",
-            out.stderr
-        );
-    }
-    let get = c
-        .kubectl(&["get", "deployment", "legacy-template", "-n", &ns], None)
-        .await?;
-    assert!(
-        !get.success && get.stderr.contains("NotFound"),
-        "{}",
-        get.stderr
-    );
+    refused(tmpl_only).await?;
 
     // Not annotated, the old sidecar is the user's business: accepted as it is.
     let plain = with_old(serde_json::json!({}), serde_json::json!({}));
