@@ -249,18 +249,7 @@ async fn moving_enabled_into_the_template_keeps_the_elector() -> Result<()> {
     ] {
         let before = workload("Deployment", app, app);
         apply(c, &ns, vec![before.clone()], flags).await?;
-        c.kubectl_ok(
-            &[
-                "-n",
-                &ns,
-                "rollout",
-                "status",
-                &format!("deployment/{app}"),
-                "--timeout=240s",
-            ],
-            None,
-        )
-        .await?;
+        testenv::e2e::rollout(c, &ns, app).await?;
         assert!(pods_have_elector(c, &ns, app).await? >= 2, "{app}");
         let lease = elected(c, &ns, app, &format!("app={app}"), 2, ("Deployment", app)).await?;
         eprintln!("{app}: {lease} leads before the move");
@@ -304,18 +293,7 @@ async fn moving_enabled_into_the_template_keeps_the_elector() -> Result<()> {
         after["metadata"]["annotations"] = json!({});
         after["spec"]["template"]["metadata"]["annotations"] = json!({ENABLED: "true"});
         apply(c, &ns, vec![after], flags).await?;
-        c.kubectl_ok(
-            &[
-                "-n",
-                &ns,
-                "rollout",
-                "status",
-                &format!("deployment/{app}"),
-                "--timeout=240s",
-            ],
-            None,
-        )
-        .await?;
+        testenv::e2e::rollout(c, &ns, app).await?;
         let d = json_of(c, &["get", "deployment", app, "-n", &ns, "-o", "json"]).await?;
         let t = &d["spec"]["template"]["metadata"]["annotations"];
         assert_eq!(
