@@ -352,37 +352,26 @@ fn fleet_rows(fleet: &[FleetResult], idle_cpu: Option<f64>) -> Vec<Row> {
 fn pod_rows(p: &pods::PodsResult) -> Vec<Row> {
     let t = "Real pods: the example app, 3 replicas, on the real cluster (elector only)";
     let mut rows = Vec::new();
-    if let Some(d) = p.delete {
-        rows.push(
-            Row::new(
-                t,
-                format!(
-                    "kubectl delete pod <leader> → another pod holds the Lease, median ({} rounds)",
-                    d.n
-                ),
-                "s",
-                Some(d.median),
-                None,
-                &[],
-            )
-            .note(format!("max {:.2} s", d.max)),
-        );
-    }
-    if let Some(d) = p.delete_answered {
-        rows.push(
-            Row::new(
-                t,
-                format!(
-                    "kubectl delete pod <leader> → the new holder answers it leads, median ({} rounds)",
-                    d.n
-                ),
-                "s",
-                Some(d.median),
-                None,
-                &[],
-            )
-            .note(format!("max {:.2} s", d.max)),
-        );
+    for (summary, until) in [
+        (p.delete, "another pod holds the Lease"),
+        (p.delete_answered, "the new holder answers it leads"),
+    ] {
+        if let Some(d) = summary {
+            rows.push(
+                Row::new(
+                    t,
+                    format!(
+                        "kubectl delete pod <leader> → {until}, median ({} rounds)",
+                        d.n
+                    ),
+                    "s",
+                    Some(d.median),
+                    None,
+                    &[],
+                )
+                .note(format!("max {:.2} s", d.max)),
+            );
+        }
     }
     let moves: Vec<f64> = p.restarts.iter().map(|r| r.leader_moves as f64).collect();
     if let Some(m) = stats::summarize(&moves) {
@@ -827,4 +816,39 @@ The peer is client-go's `leaderelection` with a `LeaseLock` (tests/bench/peer, 1
         e.duration_s / 60.0,
         report::render_markdown(&r.rows)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_pod_rows_give_both_delete_timings_and_the_leader_moves() {
+        let p = pods::PodsResult {
+            deletes: Vec::new(),
+            delete: stats::summarize(&[0.1, 0.3, 0.2]),
+            delete_answered: stats::summarize(&[0.2, 0.4, 0.3]),
+            restarts: Vec::new(),
+        };
+        let rows = pod_rows(&p);
+        let figures: Vec<(&str, Option<f64>, &str)> = rows
+            .iter()
+            .map(|r| (r.figure.as_str(), r.project, r.note.as_str()))
+            .collect();
+        assert_eq!(
+            figures,
+            [
+                (
+                    "kubectl delete pod <leader> → another pod holds the Lease, median (3 rounds)",
+                    Some(0.2),
+                    "max 0.30 s"
+                ),
+                (
+                    "kubectl delete pod <leader> → the new holder answers it leads, median (3 rounds)",
+                    Some(0.3),
+                    "max 0.40 s"
+                ),
+            ]
+        );
+    }
 }
