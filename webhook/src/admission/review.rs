@@ -241,6 +241,18 @@ async fn dispatch<C: Cluster>(
     }
 }
 
+/// What a pod's patch depends on besides the pod: the injection settings and the cached
+/// cluster facts.
+fn pod_context<'a, C>(state: &'a AppState<C>, namespace: &'a str) -> PodContext<'a> {
+    PodContext {
+        namespace,
+        image: &state.inject.image,
+        image_pull_policy: &state.inject.image_pull_policy,
+        native_mode: state.inject.native_mode,
+        native_supported: state.native.known(),
+    }
+}
+
 fn decode_pod(object: &DynamicObject) -> Result<Pod, serde_json::Error> {
     let spec = match object.data.get("spec") {
         Some(v) => Some(PodSpec::deserialize(v)?),
@@ -272,13 +284,7 @@ fn pod<C: Cluster>(
             );
         }
     };
-    let ctx = PodContext {
-        namespace,
-        image: &state.inject.image,
-        image_pull_policy: &state.inject.image_pull_policy,
-        native_mode: state.inject.native_mode,
-        native_supported: state.native.known(),
-    };
+    let ctx = pod_context(state, namespace);
     let plan = match patch::plan_pod(&pod, &ctx) {
         Err(d) => {
             tracing::info!(reason = %d, "pod refused");
@@ -334,13 +340,7 @@ fn workload<C: Cluster>(
             (Outcome::Denied, ResponseBody::deny(uid, 403, d.0))
         }
         Ok(m) => {
-            let ctx = PodContext {
-                namespace,
-                image: &state.inject.image,
-                image_pull_policy: &state.inject.image_pull_policy,
-                native_mode: state.inject.native_mode,
-                native_supported: state.native.known(),
-            };
+            let ctx = pod_context(state, namespace);
             if let Err(d) = patch::check_workload(&value, m.patch.as_ref(), &ctx) {
                 tracing::info!(reason = %d, "workload refused");
                 return (Outcome::Denied, ResponseBody::deny(uid, 403, d.0));
